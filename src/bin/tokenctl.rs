@@ -1,0 +1,2 @@
+//! `tokenctl`: the admin client (being written).
+fn main() {}

@@ -1,0 +1,159 @@
+//! `tokend`: the daemon, and its operator chores as subcommands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokend::config::Config;
+use tokend::daemon::{Daemon, StartOptions};
+
+/// Keeps OAuth 2.0 tokens for connected apps valid and hands them out over gRPC.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, env = "TOKEND_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (store, generated key, generated admin token).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, global = true)]
+    grpc_listen: Option<String>,
+    /// HTTP listen address (OAuth callback, health, metrics).
+    #[arg(long, global = true)]
+    http_listen: Option<String>,
+    /// Log format: auto, text or json.
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Validate the configuration and print it (secrets are never in it).
+    CheckConfig,
+    /// Print a new random encryption key (base64 of 32 bytes) for a key file.
+    GenKey,
+    /// Print a new caller bearer token and the config line holding its hash.
+    MintToken {
+        /// admin, viewer or consumer.
+        #[arg(long, default_value = "consumer")]
+        role: String,
+        /// Caller name.
+        #[arg(long)]
+        name: String,
+        /// Profile glob patterns (consumers).
+        #[arg(long = "profile")]
+        profiles: Vec<String>,
+    },
+}
+
+fn load_config(cli: &Cli) -> Result<Config, tokend::config::ConfigError> {
+    let mut overrides = Vec::new();
+    if let Some(dir) = &cli.data_dir {
+        overrides.push(("data_dir", dir.display().to_string()));
+    }
+    if let Some(listen) = &cli.grpc_listen {
+        overrides.push(("grpc.listen", listen.clone()));
+    }
+    if let Some(listen) = &cli.http_listen {
+        overrides.push(("http.listen", listen.clone()));
+    }
+    if let Some(format) = &cli.log_format {
+        overrides.push(("log.format", format.clone()));
+    }
+    Config::load(cli.config.as_deref(), &overrides)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::GenKey) => {
+            println!("{}", tokend::crypto::generate_key_text().as_str());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::MintToken { role, name, profiles }) => {
+            let token = tokend::crypto::random_token();
+            let hash = tokend::grpc::auth::hash_token(&token);
+            println!("token (shown once; give it to the caller): {token}");
+            println!(
+                "config:\n[[callers]]\nname = {name:?}\nrole = {role:?}\ntoken_sha256 = {hash:?}\nprofiles = {profiles:?}"
+            );
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let config = match load_config(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tokend: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        match toml::to_string_pretty(&config) {
+            Ok(text) => {
+                println!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("tokend: {e}");
+                return ExitCode::from(78);
+            }
+        }
+    }
+    tokend::telemetry::init(&config.log.format, &config.log.level);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokend: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let daemon = match Daemon::start(config, StartOptions::default()).await {
+        Ok(daemon) => daemon,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("tokend: cannot start: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let stop = daemon.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    daemon.wait().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,377 @@
+//! Configuration: one typed struct from layered sources — embedded defaults (zero config works),
+//! then the TOML file, then `TOKEND_*` environment variables (`__` separates sections, e.g.
+//! `TOKEND_GRPC__LISTEN`), then command-line flags. Validated once at start with messages that
+//! name the key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Every key, its default and its environment name are listed in the
+/// README's configuration reference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the store, the generated key and the generated admin token live.
+    pub data_dir: PathBuf,
+    /// The gRPC listener.
+    pub grpc: GrpcConfig,
+    /// The HTTP listener (OAuth callback, health, metrics).
+    pub http: HttpConfig,
+    /// The embedded store.
+    pub store: StoreConfig,
+    /// Encryption of secrets at rest.
+    pub keys: KeysConfig,
+    /// The refresh policy defaults.
+    pub refresh: RefreshConfig,
+    /// Calls to providers.
+    pub provider: ProviderConfig,
+    /// Consents.
+    pub consent: ConsentConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Who may call the gRPC API. Empty: a generated admin token in `<data_dir>/admin.token`.
+    pub callers: Vec<CallerConfig>,
+}
+
+/// The gRPC listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request or reply message, in bytes.
+    pub max_message_bytes: usize,
+    /// Allow plain TCP on a non-loopback address.
+    pub allow_insecure_non_loopback: bool,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The OAuth redirect URI profiles use unless they name their own. Empty: derived from
+    /// `listen` as `http://<listen>/oauth/callback`.
+    pub callback_url: String,
+}
+
+/// The embedded store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// sled's page cache, in MiB.
+    pub cache_capacity_mb: u64,
+    /// sled's background flush interval, in milliseconds.
+    pub flush_every_ms: u64,
+}
+
+/// Encryption of secrets at rest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The key file (base64 of 32 bytes). Empty: `<data_dir>/tokend.key`, generated on first
+    /// start. The environment variable `TOKEND_KEY` (the key itself) takes precedence.
+    pub key_file: PathBuf,
+    /// Older keys that can still open values (files), for rotation.
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+/// The refresh policy defaults; profiles may override them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Fraction of a token's lifetime refreshed ahead of expiry.
+    pub skew_ratio: f64,
+    /// The least time ahead of expiry a refresh is due, in seconds.
+    pub skew_floor_secs: u64,
+    /// Extra random skew, as a fraction of the skew, so tokens issued together spread out.
+    pub jitter_ratio: f64,
+    /// Lifetime assumed when a provider sends no `expires_in`, in seconds.
+    pub default_lifetime_secs: u64,
+    /// Default `min_valid_for` of `GetAccessToken`, in seconds.
+    pub min_valid_for_secs: u64,
+    /// First retry delay after a transient failure, in seconds.
+    pub backoff_initial_secs: u64,
+    /// Longest retry delay, in seconds.
+    pub backoff_max_secs: u64,
+    /// Refreshes running at once.
+    pub max_concurrent: usize,
+    /// Cron expression (with seconds) of the safety-net sweep.
+    pub sweep_cron: String,
+}
+
+/// Calls to providers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Time to connect, in seconds.
+    pub connect_timeout_secs: u64,
+    /// Time for a whole request, in seconds.
+    pub request_timeout_secs: u64,
+    /// Largest reply accepted, in bytes.
+    pub max_response_bytes: usize,
+    /// Allow plain-http endpoints on non-loopback hosts (never in production).
+    pub allow_insecure_http: bool,
+}
+
+/// Consents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// How long a started consent stays valid, in seconds.
+    pub ttl_secs: u64,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `tokend=debug`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+/// A caller of the gRPC API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerConfig {
+    /// Who this is, for logs and audit.
+    pub name: String,
+    /// `admin`, `viewer` or `consumer`.
+    pub role: String,
+    /// Hex SHA-256 of the caller's bearer token (`tokend hash-token` prints it).
+    pub token_sha256: String,
+    /// Consumers: glob patterns of the profiles they may get tokens for.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./tokend-data"),
+            grpc: GrpcConfig::default(),
+            http: HttpConfig::default(),
+            store: StoreConfig::default(),
+            keys: KeysConfig::default(),
+            refresh: RefreshConfig::default(),
+            provider: ProviderConfig::default(),
+            consent: ConsentConfig::default(),
+            log: LogConfig::default(),
+            callers: Vec::new(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_message_bytes: 1024 * 1024,
+            allow_insecure_non_loopback: false,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8085)), callback_url: String::new() }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { cache_capacity_mb: 32, flush_every_ms: 500 }
+    }
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            skew_ratio: 0.2,
+            skew_floor_secs: 120,
+            jitter_ratio: 0.1,
+            default_lifetime_secs: 3600,
+            min_valid_for_secs: 60,
+            backoff_initial_secs: 5,
+            backoff_max_secs: 300,
+            max_concurrent: 16,
+            sweep_cron: "*/10 * * * * *".into(),
+        }
+    }
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: 5,
+            request_timeout_secs: 15,
+            max_response_bytes: 256 * 1024,
+            allow_insecure_http: false,
+        }
+    }
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        Self { ttl_secs: 600 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: "auto".into(), level: "info".into() }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `TOKEND_*` environment variables, then
+    /// `overrides` (flags), and validates the result.
+    pub fn load(file: Option<&std::path::Path>, overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // TOKEND_KEY is the key itself, not a config key; TOKEND_CONFIG names the file.
+        figment = figment.merge(Env::prefixed("TOKEND_").split("__").ignore(&["KEY", "CONFIG", "LOG"]));
+        for (key, value) in overrides {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: ranges, enums, cron syntax.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.refresh;
+        let fail = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if !(0.0..=0.5).contains(&r.skew_ratio) {
+            return fail("refresh.skew_ratio", "must be between 0 and 0.5");
+        }
+        if !(0.0..=1.0).contains(&r.jitter_ratio) {
+            return fail("refresh.jitter_ratio", "must be between 0 and 1");
+        }
+        if r.default_lifetime_secs == 0 {
+            return fail("refresh.default_lifetime_secs", "must be positive");
+        }
+        if r.max_concurrent == 0 {
+            return fail("refresh.max_concurrent", "must be positive");
+        }
+        if r.backoff_initial_secs == 0 || r.backoff_max_secs < r.backoff_initial_secs {
+            return fail("refresh.backoff_*", "need 0 < backoff_initial_secs <= backoff_max_secs");
+        }
+        if r.sweep_cron.split_whitespace().count() != 6 {
+            return fail("refresh.sweep_cron", "needs six fields (seconds first), e.g. \"*/10 * * * * *\"");
+        }
+        if !["auto", "text", "json"].contains(&self.log.format.as_str()) {
+            return fail("log.format", "must be auto, text or json");
+        }
+        if self.consent.ttl_secs == 0 {
+            return fail("consent.ttl_secs", "must be positive");
+        }
+        if !self.grpc.listen.ip().is_loopback() && !self.grpc.allow_insecure_non_loopback {
+            return fail(
+                "grpc.listen",
+                "plain TCP on a non-loopback address; set grpc.allow_insecure_non_loopback = true to accept that risk",
+            );
+        }
+        if !self.http.callback_url.is_empty() {
+            crate::provider::parse_endpoint("http.callback_url", &self.http.callback_url, true).map_err(ConfigError)?;
+        }
+        for (i, caller) in self.callers.iter().enumerate() {
+            if !["admin", "viewer", "consumer"].contains(&caller.role.as_str()) {
+                return fail(&format!("callers[{i}].role"), "must be admin, viewer or consumer");
+            }
+            if caller.token_sha256.len() != 64 || !caller.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return fail(&format!("callers[{i}].token_sha256"), "must be 64 hex digits (SHA-256)");
+            }
+            for pattern in &caller.profiles {
+                globset::Glob::new(pattern).map_err(|e| ConfigError(format!("callers[{i}].profiles: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The redirect URI profiles use by default.
+    pub fn callback_url(&self) -> String {
+        if self.http.callback_url.is_empty() {
+            format!("http://{}/oauth/callback", self.http.listen)
+        } else {
+            self.http.callback_url.clone()
+        }
+    }
+
+    /// The key file in use.
+    pub fn key_file(&self) -> PathBuf {
+        if self.keys.key_file.as_os_str().is_empty() {
+            self.data_dir.join("tokend.key")
+        } else {
+            self.keys.key_file.clone()
+        }
+    }
+}
+
+fn describe(e: &figment::Error) -> String {
+    let mut parts = Vec::new();
+    for err in e.clone() {
+        let key = err.path.join(".");
+        let origin = err.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+        parts.push(if key.is_empty() {
+            format!("{} ({origin})", err.kind)
+        } else {
+            format!("{key}: {} ({origin})", err.kind)
+        });
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zero configuration is valid and listens on loopback.
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::load(None, &[]).unwrap();
+        assert!(config.grpc.listen.ip().is_loopback());
+        assert_eq!(config.callback_url(), "http://127.0.0.1:8085/oauth/callback");
+    }
+
+    /// A bad value is reported with its key.
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[refresh]\nskew_ratio = 0.9\n").unwrap();
+        let err = Config::load(Some(&file), &[]).unwrap_err().to_string();
+        assert!(err.contains("refresh.skew_ratio"), "{err}");
+        std::fs::write(&file, "[grpc]\nlisten = \"nope\"\n").unwrap();
+        let err = Config::load(Some(&file), &[]).unwrap_err().to_string();
+        assert!(err.contains("grpc.listen"), "{err}");
+        std::fs::write(&file, "bogus = 1\n").unwrap();
+        let err = Config::load(Some(&file), &[]).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    /// Flags win over the file.
+    #[test]
+    fn overrides_win() {
+        let config = Config::load(None, &[("data_dir", "/tmp/x".into())]).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+    }
+}

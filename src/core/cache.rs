@@ -1,0 +1,121 @@
+//! The in-memory token cache: what `GetAccessToken` reads on its hot path. One slot per profile,
+//! in a sharded map (no global lock); a slot's state is swapped atomically, so readers never
+//! wait, never touch the store and never decrypt.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use secrecy::SecretString;
+use tokio::sync::{Mutex, watch};
+
+use crate::api::pb;
+use crate::clock::UnixMillis;
+
+/// A decrypted access token ready to hand out.
+#[derive(Clone)]
+pub struct HotToken {
+    /// The token.
+    pub access_token: SecretString,
+    /// Its type, e.g. "Bearer".
+    pub token_type: String,
+    /// When it expires.
+    pub expires_at_ms: UnixMillis,
+    /// Granted scopes.
+    pub scopes: Arc<[String]>,
+    /// Grows with every new token of the profile.
+    pub token_version: u64,
+}
+
+impl std::fmt::Debug for HotToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotToken")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("token_version", &self.token_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a slot knows: the freshest token (if any), the status, and until when a failing
+/// connection is backing off (callers then get the held token instead of a new attempt).
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    /// The freshest access token held.
+    pub token: Option<HotToken>,
+    /// The connection status.
+    pub status: pb::Status,
+    /// No on-demand refresh before this time (transient failures back off).
+    pub backoff_until_ms: UnixMillis,
+}
+
+impl Default for SlotState {
+    fn default() -> Self {
+        Self { token: None, status: pb::Status::NotConnected, backoff_until_ms: 0 }
+    }
+}
+
+/// How the one refresh in flight ended, as seen by those who waited on it.
+pub type FlightOutcome = Result<(), Arc<super::CoreError>>;
+
+/// One profile's cache entry.
+#[derive(Debug)]
+pub struct Slot {
+    /// Swapped whole on every change, read without locking.
+    pub state: ArcSwap<SlotState>,
+    /// The refresh in flight, if any: its waiters subscribe to this channel. Held only while
+    /// deciding whether to join or start one, never across the refresh itself.
+    pub flight: Mutex<Option<watch::Receiver<Option<FlightOutcome>>>>,
+}
+
+impl Slot {
+    fn new(state: SlotState) -> Self {
+        Self { state: ArcSwap::from_pointee(state), flight: Mutex::new(None) }
+    }
+}
+
+/// Every profile's slot.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    slots: DashMap<String, Arc<Slot>>,
+}
+
+impl TokenCache {
+    /// The slot of a profile, if the profile exists.
+    pub fn get(&self, name: &str) -> Option<Arc<Slot>> {
+        self.slots.get(name).map(|s| Arc::clone(&s))
+    }
+
+    /// Sets a profile's state, creating its slot if needed.
+    pub fn set(&self, name: &str, state: SlotState) {
+        match self.slots.get(name) {
+            Some(slot) => slot.state.store(Arc::new(state)),
+            None => {
+                self.slots.entry(name.to_owned()).or_insert_with(|| Arc::new(Slot::new(state)));
+            }
+        }
+    }
+
+    /// Forgets a deleted profile.
+    pub fn remove(&self, name: &str) {
+        self.slots.remove(name);
+    }
+
+    /// How many profiles are in each status.
+    pub fn status_counts(&self) -> std::collections::HashMap<pb::Status, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for slot in self.slots.iter() {
+            *counts.entry(slot.state.load().status).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Number of profiles cached.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no profile is cached.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}

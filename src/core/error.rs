@@ -1,0 +1,50 @@
+//! The core's error: one variant per thing a caller does differently. `grpc::status` maps each
+//! to a gRPC code in one table.
+
+use crate::profile::FieldError;
+use crate::provider::ProviderError;
+use crate::store::StoreError;
+
+/// Why a core operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// No such profile.
+    #[error("profile {0:?} not found")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("profile {0:?} already exists")]
+    AlreadyExists(String),
+    /// Bad input, naming the field.
+    #[error("invalid {0}")]
+    InvalidArgument(#[from] FieldError),
+    /// The profile is not in a state that allows this (not connected, needs reauthorization,
+    /// wrong grant, unknown consent state). The message says what an admin must do.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The provider is unavailable and no valid token is at hand; retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The provider refused the request (consent refused, bad client credentials).
+    #[error("{0}")]
+    Provider(ProviderError),
+    /// A concurrent change won; retry.
+    #[error("profile {0:?} changed concurrently; retry")]
+    Aborted(String),
+    /// The store failed.
+    #[error("storage: {0}")]
+    Storage(StoreError),
+    /// A sealed secret did not open (wrong key).
+    #[error("a stored secret of profile {0:?} does not open with the configured key")]
+    Sealed(String),
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(name) => Self::NotFound(name),
+            StoreError::AlreadyExists(name) => Self::AlreadyExists(name),
+            StoreError::Conflict { name, .. } => Self::Aborted(name),
+            other => Self::Storage(other),
+        }
+    }
+}

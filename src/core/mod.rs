@@ -1,0 +1,242 @@
+//! The daemon's state and operations behind the gRPC surface: profiles, consents, the token
+//! cache and the refresh engine. gRPC handlers and the HTTP callback call into [`Core`]; nothing
+//! here knows about gRPC.
+
+mod cache;
+mod connect;
+mod error;
+mod profiles;
+mod refresh;
+mod schedule;
+mod scheduler;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, broadcast};
+
+pub use cache::{HotToken, SlotState, TokenCache};
+pub use connect::{ConnectStart, Revocation};
+pub use error::CoreError;
+pub use schedule::RefreshPolicy;
+pub use scheduler::Scheduler;
+
+use crate::api::pb;
+use crate::clock::{Clock, Jitter};
+use crate::crypto::{KeyRing, Purpose};
+use crate::provider::Provider;
+use crate::store::{ConnectionRecord, ProfileRecord, Store};
+
+/// A change to a profile, published to `WatchProfiles` and `WatchAccessToken` streams.
+#[derive(Debug, Clone)]
+pub struct ProfileChange {
+    /// The profile.
+    pub name: String,
+    /// What happened.
+    pub kind: pb::profile_event::Kind,
+    /// The status before the change.
+    pub previous_status: pb::Status,
+    /// The status after it.
+    pub status: pb::Status,
+}
+
+/// Settings of the core that come from the configuration.
+#[derive(Debug, Clone)]
+pub struct CoreSettings {
+    /// Redirect URI for profiles that name none.
+    pub callback_url: String,
+    /// Allow plain-http provider endpoints off loopback.
+    pub allow_insecure_http: bool,
+    /// Lifetime of a started consent.
+    pub consent_ttl: Duration,
+    /// Refresh policy defaults.
+    pub refresh: RefreshPolicy,
+    /// Refreshes running at once.
+    pub max_concurrent_refreshes: usize,
+}
+
+/// The daemon's state. Cheap to share (`Arc<Core>`).
+pub struct Core {
+    store: Arc<dyn Store>,
+    keys: Arc<KeyRing>,
+    provider: Provider,
+    clock: Arc<dyn Clock>,
+    jitter: Arc<dyn Jitter>,
+    settings: CoreSettings,
+    cache: TokenCache,
+    /// Every profile change, for watch streams; lagging receivers skip ahead.
+    events: broadcast::Sender<ProfileChange>,
+    /// Wakes the scheduler when a write makes a refresh due earlier than it planned for.
+    wake: Notify,
+    /// Bounds refreshes running at once (scheduled and on-demand alike).
+    refresh_permits: Semaphore,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("profiles", &self.cache.len()).finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// A core over an opened store and key ring. Call [`Core::warm_cache`] before serving.
+    pub fn new(
+        store: Arc<dyn Store>,
+        keys: Arc<KeyRing>,
+        provider: Provider,
+        clock: Arc<dyn Clock>,
+        jitter: Arc<dyn Jitter>,
+        settings: CoreSettings,
+    ) -> Arc<Self> {
+        let (events, _) = broadcast::channel(1024);
+        let permits = settings.max_concurrent_refreshes.max(1);
+        Arc::new(Self {
+            store,
+            keys,
+            provider,
+            clock,
+            jitter,
+            settings,
+            cache: TokenCache::default(),
+            events,
+            wake: Notify::new(),
+            refresh_permits: Semaphore::new(permits),
+        })
+    }
+
+    /// Loads every connection's access token into the cache (decrypting once, here, so the hot
+    /// path never does). A token that does not open is left out and logged.
+    pub fn warm_cache(&self) -> Result<usize, CoreError> {
+        let mut loaded = 0;
+        for (name, connection) in self.store.connections()? {
+            self.cache.set(&name, self.slot_state(&name, &connection));
+            loaded += 1;
+        }
+        Ok(loaded)
+    }
+
+    /// The slot state a stored connection stands for.
+    fn slot_state(&self, name: &str, c: &ConnectionRecord) -> SlotState {
+        let token = if c.access_token_sealed.is_empty() {
+            None
+        } else {
+            match self.keys.open_secret(Purpose::AccessToken, name, &c.access_token_sealed) {
+                Ok(access_token) => Some(HotToken {
+                    access_token,
+                    token_type: c.token_type.clone(),
+                    expires_at_ms: c.expires_at_ms,
+                    scopes: c.scopes.clone().into(),
+                    token_version: c.token_version,
+                }),
+                Err(e) => {
+                    tracing::error!(profile = name, error = %e, "stored access token does not open");
+                    None
+                }
+            }
+        };
+        let backoff_until_ms = if status_of(c) == pb::Status::RefreshFailing { c.next_refresh_at_ms } else { 0 };
+        SlotState { token, status: status_of(c), backoff_until_ms }
+    }
+
+    /// How many profiles are in each status (from the cache).
+    pub fn status_counts(&self) -> std::collections::HashMap<pb::Status, usize> {
+        self.cache.status_counts()
+    }
+
+    /// Subscribes to profile changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<ProfileChange> {
+        self.events.subscribe()
+    }
+
+    /// The cached state of a profile (None: no such profile).
+    pub fn cached(&self, name: &str) -> Option<Arc<SlotState>> {
+        self.cache.get(name).map(|slot| slot.state.load_full())
+    }
+
+    /// Wakes the refresh scheduler to look at the index now (tests that move the clock use it).
+    pub fn wake_scheduler(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The clock the core reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &CoreSettings {
+        &self.settings
+    }
+
+    fn publish(&self, name: &str, kind: pb::profile_event::Kind, previous: pb::Status, status: pb::Status) {
+        let kind = if kind == pb::profile_event::Kind::Updated && previous != status {
+            pb::profile_event::Kind::StatusChanged
+        } else {
+            kind
+        };
+        if previous != status {
+            tracing::info!(profile = name, from = previous.as_str_name(), to = status.as_str_name(), "status changed");
+        }
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(ProfileChange { name: name.to_owned(), kind, previous_status: previous, status });
+    }
+
+    fn load(&self, name: &str) -> Result<(ProfileRecord, ConnectionRecord), CoreError> {
+        let profile = self.store.profile(name)?.ok_or_else(|| CoreError::NotFound(name.to_owned()))?;
+        let connection = self.store.connection(name)?.unwrap_or_default();
+        Ok((profile, connection))
+    }
+
+    /// Shows a stored connection to the cache, the scheduler and watchers.
+    fn after_write(
+        &self,
+        name: &str,
+        before: &ConnectionRecord,
+        stored: &ConnectionRecord,
+        kind: pb::profile_event::Kind,
+    ) {
+        self.cache.set(name, self.slot_state(name, stored));
+        if stored.next_refresh_at_ms > 0
+            && (before.next_refresh_at_ms == 0 || stored.next_refresh_at_ms < before.next_refresh_at_ms)
+        {
+            self.wake.notify_one();
+        }
+        self.publish(name, kind, status_of(before), status_of(stored));
+    }
+
+    /// Writes a connection (version-guarded), then shows it (see [`Core::after_write`]).
+    fn write(
+        &self,
+        before: &ConnectionRecord,
+        write: crate::store::ConnectionWrite,
+        kind: pb::profile_event::Kind,
+    ) -> Result<ConnectionRecord, CoreError> {
+        let name = write.name.clone();
+        let stored = self.store.write_connection(write)?;
+        self.after_write(&name, before, &stored, kind);
+        Ok(stored)
+    }
+
+    /// Makes every write so far durable, off the async runtime.
+    async fn flush(&self) -> Result<(), CoreError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| CoreError::Storage(crate::store::StoreError::Engine(e.to_string())))??;
+        Ok(())
+    }
+}
+
+/// The status of a stored connection (unset reads as not connected).
+pub fn status_of(c: &ConnectionRecord) -> pb::Status {
+    match pb::Status::try_from(c.status) {
+        Ok(pb::Status::Unspecified) | Err(_) => pb::Status::NotConnected,
+        Ok(s) => s,
+    }
+}

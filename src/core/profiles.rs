@@ -1,0 +1,110 @@
+//! Creating, updating, deleting, reading and listing profiles.
+
+use std::sync::Arc;
+
+use prost_types::FieldMask;
+
+use super::{Core, CoreError, Revocation, status_of};
+use crate::api::pb;
+use crate::api::pb::profile_event::Kind;
+use crate::crypto::Purpose;
+use crate::profile::{self, FieldError};
+use crate::store::{ConnectionRecord, ProfileRecord};
+
+/// Largest page of `ListProfiles`.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Page size when the request names none.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+
+impl Core {
+    /// Creates a profile from admin input.
+    pub fn create_profile(&self, input: &pb::Profile) -> Result<pb::Profile, CoreError> {
+        profile::validate_name(&input.name)?;
+        let now = self.clock.now_ms();
+        let mut record =
+            ProfileRecord { name: input.name.clone(), create_time_ms: now, update_time_ms: now, ..Default::default() };
+        let secret = profile::apply_input(&mut record, input, None)?;
+        if let Some(secret) = &secret {
+            record.client_secret_sealed = self.keys.seal_secret(Purpose::ClientSecret, &record.name, secret);
+        }
+        profile::validate_record(&record, self.settings.allow_insecure_http)?;
+        let connection = ConnectionRecord { status: pb::Status::NotConnected as i32, ..Default::default() };
+        self.store.insert_profile(&record, &connection)?;
+        self.cache.set(&record.name, super::SlotState::default());
+        self.publish(&record.name, Kind::Updated, pb::Status::NotConnected, pb::Status::NotConnected);
+        tracing::info!(profile = %record.name, provider = %record.provider, "profile created");
+        Ok(profile::to_api(&record, &connection))
+    }
+
+    /// Updates the fields named in `mask` (all writable fields when empty).
+    pub fn update_profile(&self, input: &pb::Profile, mask: Option<&FieldMask>) -> Result<pb::Profile, CoreError> {
+        profile::validate_name(&input.name)?;
+        let (mut record, connection) = self.load(&input.name)?;
+        if record.managed {
+            return Err(CoreError::FailedPrecondition(format!(
+                "profile {:?} is managed by the configuration file; edit it there",
+                record.name
+            )));
+        }
+        let secret = profile::apply_input(&mut record, input, mask)?;
+        if let Some(secret) = &secret {
+            record.client_secret_sealed = self.keys.seal_secret(Purpose::ClientSecret, &record.name, secret);
+        }
+        record.update_time_ms = self.clock.now_ms();
+        profile::validate_record(&record, self.settings.allow_insecure_http)?;
+        self.store.replace_profile(&record)?;
+        let status = status_of(&connection);
+        self.publish(&record.name, Kind::Updated, status, status);
+        tracing::info!(profile = %record.name, "profile updated");
+        Ok(profile::to_api(&record, &connection))
+    }
+
+    /// Disconnects (revoking where possible), then deletes the profile.
+    pub async fn delete_profile(self: &Arc<Self>, name: &str) -> Result<Revocation, CoreError> {
+        profile::validate_name(name)?;
+        let (record, connection) = self.load(name)?;
+        if record.managed {
+            return Err(CoreError::FailedPrecondition(format!(
+                "profile {name:?} is managed by the configuration file; remove it there"
+            )));
+        }
+        let revocation = self.disconnect(name).await?;
+        self.store.remove_profile(name)?;
+        self.cache.remove(name);
+        self.publish(name, Kind::Deleted, status_of(&connection), pb::Status::NotConnected);
+        tracing::info!(profile = name, "profile deleted");
+        Ok(revocation)
+    }
+
+    /// One profile with its connection state.
+    pub fn get_profile(&self, name: &str) -> Result<pb::Profile, CoreError> {
+        profile::validate_name(name)?;
+        let (record, connection) = self.load(name)?;
+        Ok(profile::to_api(&record, &connection))
+    }
+
+    /// A page of profiles in name order, and the token of the next page ("" on the last).
+    pub fn list_profiles(&self, page_size: i32, page_token: &str) -> Result<(Vec<pb::Profile>, String), CoreError> {
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => {
+                return Err(FieldError { field: "page_size".into(), message: "must not be negative".into() }.into());
+            }
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        if !page_token.is_empty() && profile::validate_name(page_token).is_err() {
+            return Err(
+                FieldError { field: "page_token".into(), message: "not a token from a previous page".into() }.into()
+            );
+        }
+        // One extra tells whether another page follows.
+        let mut rows = self.store.profiles_after(page_token, size + 1)?;
+        let next = if rows.len() > size {
+            rows.truncate(size);
+            rows.last().map(|(p, _)| p.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((rows.iter().map(|(p, c)| profile::to_api(p, c)).collect(), next))
+    }
+}

@@ -1,0 +1,69 @@
+//! `GetAccessToken`: the hot path reads the cache only; the slow path joins the one refresh.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cache::HotToken;
+use super::refresh::{needs_reauthorization, not_connected};
+use super::{Core, CoreError};
+use crate::api::pb;
+
+impl Core {
+    /// A token valid for at least `min_valid_for` (the policy default when `None`). When the
+    /// held token is too old, joins or starts the one refresh; when that fails, or the
+    /// connection is backing off, still answers with the freshest unexpired token. Errors only
+    /// when no unexpired token is at hand.
+    pub async fn access_token(
+        self: &Arc<Self>,
+        name: &str,
+        min_valid_for: Option<Duration>,
+    ) -> Result<HotToken, CoreError> {
+        let slot = self.cache.get(name).ok_or_else(|| CoreError::NotFound(name.to_owned()))?;
+        let min_ms = min_valid_for.unwrap_or(self.settings.refresh.min_valid_for).as_millis() as i64;
+        let now = self.clock.now_ms();
+        let state = slot.state.load();
+        if let Some(token) = &state.token
+            && token.expires_at_ms - now >= min_ms
+        {
+            return Ok(token.clone());
+        }
+        let unexpired = |state: &super::SlotState, now: i64| state.token.clone().filter(|t| t.expires_at_ms > now);
+        match state.status {
+            pb::Status::NeedsReauthorization => {
+                return match unexpired(&state, now) {
+                    Some(token) => Ok(token),
+                    None => {
+                        let connection = self.store.connection(name)?.unwrap_or_default();
+                        Err(needs_reauthorization(name, &connection))
+                    }
+                };
+            }
+            pb::Status::NotConnected | pb::Status::Connecting | pb::Status::Unspecified if state.token.is_none() => {
+                return Err(not_connected(name));
+            }
+            pb::Status::RefreshFailing if now < state.backoff_until_ms => {
+                return unexpired(&state, now).ok_or_else(|| {
+                    CoreError::Unavailable(format!(
+                        "provider unavailable for profile {name:?} and the token has expired; retry later"
+                    ))
+                });
+            }
+            _ => {}
+        }
+        drop(state);
+        let outcome = self.refresh_shared(name).await;
+        let now = self.clock.now_ms();
+        let state = slot.state.load();
+        if let Some(token) = unexpired(&state, now) {
+            return Ok(token);
+        }
+        match outcome {
+            Err(e) => Err(match &*e {
+                CoreError::FailedPrecondition(m) => CoreError::FailedPrecondition(m.clone()),
+                CoreError::NotFound(n) => CoreError::NotFound(n.clone()),
+                other => CoreError::Unavailable(other.to_string()),
+            }),
+            Ok(()) => Err(CoreError::Unavailable(format!("no valid token for profile {name:?} yet; retry"))),
+        }
+    }
+}

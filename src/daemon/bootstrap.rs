@@ -1,0 +1,132 @@
+//! Opening the data directory: the store, the key ring (generated only for a store that holds
+//! no sealed value yet), the key canary that tells a wrong key at start, and the generated admin
+//! token for a daemon with no callers configured.
+
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use super::StartError;
+use crate::config::Config;
+use crate::crypto::{self, KeyRing, Purpose};
+use crate::store::{SledOptions, SledStore, Store, StoreError};
+
+const CANARY_KEY: &str = "key_canary";
+const CANARY_TEXT: &[u8] = b"tokend key canary v1";
+
+/// Creates the data directory (mode 0700) if missing.
+pub fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartError::Data(format!("creating data directory {}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| StartError::Data(format!("setting mode of {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// Opens the store in the data directory.
+pub fn open_store(config: &Config) -> Result<SledStore, StartError> {
+    let options = SledOptions {
+        cache_capacity: config.store.cache_capacity_mb * 1024 * 1024,
+        flush_every_ms: config.store.flush_every_ms,
+    };
+    SledStore::open(&config.data_dir.join("store"), &options).map_err(|e| match e {
+        StoreError::Locked(dir) => StartError::Locked(format!(
+            "data directory {dir} is in use by another process (is another tokend running on it?)"
+        )),
+        other => StartError::Data(format!("opening the store: {other}")),
+    })
+}
+
+/// Loads the key ring: `TOKEND_KEY` (the key itself), else the key file; generates a key file
+/// only when the store holds no sealed value yet. Then checks the canary.
+pub fn open_keys(
+    config: &Config,
+    store: &dyn Store,
+    env_key: Option<Zeroizing<String>>,
+) -> Result<KeyRing, StartError> {
+    let canary = store.meta(CANARY_KEY).map_err(|e| StartError::Data(e.to_string()))?;
+    let key_file = config.key_file();
+    let active = match env_key {
+        Some(text) => crypto::decode_key(&text).map_err(|e| StartError::Key(format!("TOKEND_KEY: {e}")))?,
+        None if key_file.exists() => crypto::read_key_file(&key_file).map_err(|e| StartError::Key(e.to_string()))?,
+        None if canary.is_some() => {
+            return Err(StartError::Key(format!(
+                "key file {} is missing, but the store holds secrets sealed with a key; restore the key file \
+                 (or set TOKEND_KEY) — no data was touched",
+                key_file.display()
+            )));
+        }
+        None => {
+            let text = crypto::generate_key_text();
+            if let Some(parent) = key_file.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| StartError::Key(format!("{}: {e}", parent.display())))?;
+            }
+            crypto::write_private_file(&key_file, format!("{}\n", text.as_str()).as_bytes())
+                .map_err(|e| StartError::Key(format!("writing key file {}: {e}", key_file.display())))?;
+            tracing::info!(path = %key_file.display(), "generated a new encryption key (back it up: without it the store's secrets are lost)");
+            crypto::decode_key(&text).map_err(|e| StartError::Key(e.to_string()))?
+        }
+    };
+    let mut keys = vec![active];
+    for file in &config.keys.previous_key_files {
+        keys.push(crypto::read_key_file(file).map_err(|e| StartError::Key(e.to_string()))?);
+    }
+    let ring = KeyRing::from_keys(&keys).map_err(|e| StartError::Key(e.to_string()))?;
+    match canary {
+        Some(sealed) => {
+            let opened = ring.open(Purpose::Canary, "", &sealed).map_err(|e| {
+                StartError::Key(format!(
+                    "the configured key does not open this store's secrets ({e}); use the key the store was \
+                     created with — no data was touched"
+                ))
+            })?;
+            if opened.as_slice() != CANARY_TEXT {
+                return Err(StartError::Key("the store's key canary is corrupt".into()));
+            }
+            if crypto::KeyRing::sealed_key_id(&sealed) != Some(ring.active_id()) {
+                // Re-seal the canary under the active key so the old key can be retired later.
+                store
+                    .set_meta(CANARY_KEY, &ring.seal(Purpose::Canary, "", CANARY_TEXT))
+                    .map_err(|e| StartError::Data(e.to_string()))?;
+            }
+        }
+        None => {
+            store
+                .set_meta(CANARY_KEY, &ring.seal(Purpose::Canary, "", CANARY_TEXT))
+                .map_err(|e| StartError::Data(e.to_string()))?;
+            store.flush().map_err(|e| StartError::Data(e.to_string()))?;
+        }
+    }
+    Ok(ring)
+}
+
+/// The bearer token of the generated admin, used only while no callers are configured: read
+/// from `<data_dir>/admin.token`, or generated there (mode 0600). Returns its SHA-256 (hex).
+pub fn generated_admin(config: &Config) -> Result<String, StartError> {
+    let path = config.data_dir.join("admin.token");
+    let token = if path.exists() {
+        Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .map_err(|e| StartError::Data(format!("reading {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+        )
+    } else {
+        let token = Zeroizing::new(crate::crypto::random_token());
+        crypto::write_private_file(&path, format!("{}\n", token.as_str()).as_bytes())
+            .map_err(|e| StartError::Data(format!("writing {}: {e}", path.display())))?;
+        token
+    };
+    if token.is_empty() {
+        return Err(StartError::Data(format!("{} is empty; delete it to generate a new one", path.display())));
+    }
+    tracing::info!(path = %path.display(), "no callers configured: the admin bearer token is in this file");
+    Ok(crate::grpc::auth::hash_token(&token))
+}

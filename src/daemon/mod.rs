@@ -1,0 +1,246 @@
+//! Starting and stopping the daemon: the one entry point the `tokend` binary and the integration
+//! tests both call. Listeners are bound before anything is announced, so tests can ask for port 0.
+
+mod bootstrap;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::clock::{Clock, Jitter, RandomJitter, SystemClock};
+use crate::config::{CallerConfig, Config};
+use crate::core::{Core, CoreSettings, RefreshPolicy, Scheduler};
+use crate::grpc::auth::Callers;
+use crate::metrics::Metrics;
+use crate::provider::{HttpOptions, Provider, ProviderHttp};
+
+pub use bootstrap::ensure_data_dir;
+
+/// Why the daemon could not start. Each kind has its own exit code, so systemd can tell a
+/// retry (locked) from a fix (configuration, data, key).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The data directory or store is unusable.
+    #[error("data: {0}")]
+    Data(String),
+    /// The key is missing or wrong.
+    #[error("key: {0}")]
+    Key(String),
+    /// Another process holds the data directory.
+    #[error("{0}")]
+    Locked(String),
+    /// A listener could not be bound.
+    #[error("listen: {0}")]
+    Listen(String),
+}
+
+impl StartError {
+    /// The process exit code (sysexits.h).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Config(_) => 78,              // EX_CONFIG
+            Self::Data(_) | Self::Key(_) => 65, // EX_DATAERR
+            Self::Locked(_) => 75,              // EX_TEMPFAIL
+            Self::Listen(_) => 69,              // EX_UNAVAILABLE
+        }
+    }
+}
+
+/// What tests may swap: the clock, the jitter source, the key from the environment.
+pub struct StartOptions {
+    /// The wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// The jitter source.
+    pub jitter: Arc<dyn Jitter>,
+    /// The key itself (what `TOKEND_KEY` holds), overriding the key file.
+    pub env_key: Option<Zeroizing<String>>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self { clock: Arc::new(SystemClock), jitter: Arc::new(RandomJitter), env_key: None }
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    /// The core, for tests that look inside.
+    pub core: Arc<Core>,
+    shutdown: CancellationToken,
+    ready: Arc<AtomicBool>,
+    health: tonic_health::server::HealthReporter,
+    scheduler: Scheduler,
+    grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long shutdown waits for connections and refreshes to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Daemon {
+    /// Opens the data directory, binds both listeners and starts serving.
+    pub async fn start(config: Config, options: StartOptions) -> Result<Self, StartError> {
+        ensure_data_dir(&config.data_dir)?;
+        let store = Arc::new(bootstrap::open_store(&config)?);
+        let keys = bootstrap::open_keys(&config, store.as_ref(), options.env_key)?;
+        let callers = if config.callers.is_empty() {
+            let hash = bootstrap::generated_admin(&config)?;
+            Callers::new(&[CallerConfig {
+                name: "generated-admin".into(),
+                role: "admin".into(),
+                token_sha256: hash,
+                profiles: vec![],
+            }])
+        } else {
+            Callers::new(&config.callers)
+        };
+        let grpc_listener = TcpListener::bind(config.grpc.listen)
+            .await
+            .map_err(|e| StartError::Listen(format!("gRPC on {}: {e}", config.grpc.listen)))?;
+        let http_listener = TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|e| StartError::Listen(format!("HTTP on {}: {e}", config.http.listen)))?;
+        let grpc_addr = grpc_listener.local_addr().map_err(|e| StartError::Listen(e.to_string()))?;
+        let http_addr = http_listener.local_addr().map_err(|e| StartError::Listen(e.to_string()))?;
+
+        let http = ProviderHttp::new(&HttpOptions {
+            connect_timeout: Duration::from_secs(config.provider.connect_timeout_secs),
+            request_timeout: Duration::from_secs(config.provider.request_timeout_secs),
+            max_response_bytes: config.provider.max_response_bytes,
+        })
+        .map_err(|e| StartError::Config(format!("provider HTTP client: {e}")))?;
+        let core = Core::new(
+            store,
+            Arc::new(keys),
+            Provider::new(http),
+            options.clock,
+            options.jitter,
+            core_settings(&config, http_addr),
+        );
+        let loaded = core.warm_cache().map_err(|e| StartError::Data(e.to_string()))?;
+        if let Err(e) = core.expire_consents() {
+            tracing::warn!(error = %e, "dropping expired consents failed");
+        }
+
+        let shutdown = CancellationToken::new();
+        let scheduler = Scheduler::start(Arc::clone(&core), &config.refresh.sweep_cron, shutdown.clone())
+            .await
+            .map_err(|e| StartError::Config(format!("refresh.sweep_cron: {e}")))?;
+        let (routes, health) =
+            crate::grpc::routes(Arc::clone(&core), &callers, config.grpc.max_message_bytes, shutdown.clone())
+                .await
+                .map_err(|e| StartError::Config(format!("gRPC services: {e}")))?;
+        let grpc_shutdown = shutdown.clone();
+        let grpc_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                    grpc_shutdown.cancelled().await
+                }),
+        );
+        let ready = Arc::new(AtomicBool::new(false));
+        let metrics = Arc::new(Metrics::new(Arc::clone(&scheduler.last_sweep_ms)));
+        let http_state = crate::http::HttpState { core: Arc::clone(&core), ready: Arc::clone(&ready), metrics };
+        let http_shutdown = shutdown.clone();
+        let http_task = tokio::spawn(async move {
+            axum::serve(http_listener, crate::http::router(http_state))
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                .await
+        });
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, profiles = loaded, "tokend serving");
+        Ok(Self { grpc_addr, http_addr, core, shutdown, ready, health, scheduler, grpc_task, http_task })
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the shutdown token fires, then stops: health goes not-serving, streams end,
+    /// listeners close, the scheduler stops, the store is flushed, all within a grace period.
+    pub async fn wait(mut self) {
+        self.shutdown.cancelled().await;
+        tracing::info!("shutting down");
+        self.ready.store(false, Ordering::Relaxed);
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        self.scheduler.shutdown().await;
+        let drain = async {
+            let _ = (&mut self.grpc_task).await;
+            let _ = (&mut self.http_task).await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("connections did not close within {SHUTDOWN_GRACE:?}; stopping anyway");
+            self.grpc_task.abort();
+            self.http_task.abort();
+        }
+        let store = Arc::clone(self.core.store());
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => tracing::info!("store flushed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "final flush failed"),
+            Err(e) => tracing::error!(error = %e, "final flush task failed"),
+        }
+        // Refreshes already sent finish in their own tasks and hold the core; wait for them (up
+        // to the grace period) so their results are stored and the store's lock is released.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while Arc::strong_count(&self.core) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Stops the daemon and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// The core's settings; the default callback URL uses the bound HTTP address (port 0 in tests).
+fn core_settings(config: &Config, http_addr: SocketAddr) -> CoreSettings {
+    let r = &config.refresh;
+    CoreSettings {
+        callback_url: if config.http.callback_url.is_empty() {
+            format!("http://{http_addr}/oauth/callback")
+        } else {
+            config.http.callback_url.clone()
+        },
+        allow_insecure_http: config.provider.allow_insecure_http,
+        consent_ttl: Duration::from_secs(config.consent.ttl_secs),
+        refresh: RefreshPolicy {
+            skew_ratio: r.skew_ratio,
+            skew_floor: Duration::from_secs(r.skew_floor_secs),
+            jitter_ratio: r.jitter_ratio,
+            default_lifetime: Duration::from_secs(r.default_lifetime_secs),
+            min_valid_for: Duration::from_secs(r.min_valid_for_secs),
+            backoff_initial: Duration::from_secs(r.backoff_initial_secs),
+            backoff_max: Duration::from_secs(r.backoff_max_secs),
+            on_demand: false,
+            max_idle: None,
+        },
+        max_concurrent_refreshes: r.max_concurrent,
+    }
+}

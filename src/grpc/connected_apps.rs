@@ -1,0 +1,232 @@
+//! `tokend.v1.ConnectedApps`: the admin surface.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use super::status::to_status;
+use crate::api::pb;
+use crate::api::pb::connected_apps_server::ConnectedApps;
+use crate::core::{ConnectStart, Core, Revocation};
+use crate::profile::timestamp;
+
+/// The service implementation over the core.
+#[derive(Debug, Clone)]
+pub struct ConnectedAppsService {
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+}
+
+impl ConnectedAppsService {
+    /// The service; `shutdown` ends watch streams.
+    pub fn new(core: Arc<Core>, shutdown: CancellationToken) -> Self {
+        Self { core, shutdown }
+    }
+}
+
+fn disconnect_reply(revocation: Revocation, profile: Option<pb::Profile>) -> pb::DisconnectResponse {
+    let (kind, detail) = match revocation {
+        Revocation::Revoked => (pb::Revocation::Revoked, "the provider revoked the token".to_owned()),
+        Revocation::Failed(d) => (pb::Revocation::Failed, format!("revocation failed, tokens deleted anyway: {d}")),
+        Revocation::NotSupported => {
+            (pb::Revocation::NotSupported, "the provider has no revocation endpoint; tokens deleted locally".to_owned())
+        }
+        Revocation::NothingToRevoke => (pb::Revocation::NothingToRevoke, "no tokens were held".to_owned()),
+    };
+    pb::DisconnectResponse { revoked: kind == pb::Revocation::Revoked, revocation: kind as i32, detail, profile }
+}
+
+/// What a provider's redirect carried: the consent's state, and a code or an error with its
+/// description.
+struct Redirect {
+    state: String,
+    code: Option<String>,
+    error: Option<(String, String)>,
+}
+
+/// Reads `code`, `state` and `error` from a pasted redirect URL.
+fn parse_redirect(url: &str) -> Result<Redirect, Status> {
+    let parsed = url::Url::parse(url.trim()).map_err(|_| Status::invalid_argument("redirect_url: not a URL"))?;
+    let mut state = None;
+    let mut code = None;
+    let mut error = None;
+    let mut description = String::new();
+    for (key, value) in parsed.query_pairs() {
+        match key.as_ref() {
+            "state" => state = Some(value.into_owned()),
+            "code" => code = Some(value.into_owned()),
+            "error" => error = Some(value.into_owned()),
+            "error_description" => description = value.into_owned(),
+            _ => {}
+        }
+    }
+    let state = state.ok_or_else(|| Status::invalid_argument("redirect_url: no state parameter"))?;
+    Ok(Redirect { state, code, error: error.map(|e| (e, description)) })
+}
+
+#[tonic::async_trait]
+impl ConnectedApps for ConnectedAppsService {
+    async fn create_profile(
+        &self,
+        request: Request<pb::CreateProfileRequest>,
+    ) -> Result<Response<pb::Profile>, Status> {
+        caller(&request)?.require_admin()?;
+        let profile = request.into_inner().profile.ok_or_else(|| Status::invalid_argument("profile: required"))?;
+        self.core.create_profile(&profile).map(Response::new).map_err(to_status)
+    }
+
+    async fn update_profile(
+        &self,
+        request: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::Profile>, Status> {
+        caller(&request)?.require_admin()?;
+        let request = request.into_inner();
+        let profile = request.profile.ok_or_else(|| Status::invalid_argument("profile: required"))?;
+        self.core.update_profile(&profile, request.update_mask.as_ref()).map(Response::new).map_err(to_status)
+    }
+
+    async fn delete_profile(
+        &self,
+        request: Request<pb::DeleteProfileRequest>,
+    ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
+        caller(&request)?.require_admin()?;
+        let name = request.into_inner().name;
+        let revocation = self.core.delete_profile(&name).await.map_err(to_status)?;
+        Ok(Response::new(pb::DeleteProfileResponse { disconnect: Some(disconnect_reply(revocation, None)) }))
+    }
+
+    async fn get_profile(&self, request: Request<pb::GetProfileRequest>) -> Result<Response<pb::Profile>, Status> {
+        caller(&request)?.require_viewer()?;
+        self.core.get_profile(&request.into_inner().name).map(Response::new).map_err(to_status)
+    }
+
+    async fn list_profiles(
+        &self,
+        request: Request<pb::ListProfilesRequest>,
+    ) -> Result<Response<pb::ListProfilesResponse>, Status> {
+        caller(&request)?.require_viewer()?;
+        let request = request.into_inner();
+        let (profiles, next_page_token) =
+            self.core.list_profiles(request.page_size, &request.page_token).map_err(to_status)?;
+        Ok(Response::new(pb::ListProfilesResponse { profiles, next_page_token }))
+    }
+
+    async fn connect(&self, request: Request<pb::ConnectRequest>) -> Result<Response<pb::ConnectResponse>, Status> {
+        caller(&request)?.require_admin()?;
+        let name = request.into_inner().name;
+        let ConnectStart { status, authorization_url, state, expires_at_ms } =
+            self.core.connect(&name).await.map_err(to_status)?;
+        let profile = self.core.get_profile(&name).ok();
+        Ok(Response::new(pb::ConnectResponse {
+            status: status as i32,
+            authorization_url,
+            state,
+            expires_at: timestamp(expires_at_ms),
+            profile,
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_connect(
+        &self,
+        request: Request<pb::CompleteConnectRequest>,
+    ) -> Result<Response<pb::CompleteConnectResponse>, Status> {
+        caller(&request)?.require_admin()?;
+        let request = request.into_inner();
+        let Redirect { state, code, error } = if !request.redirect_url.is_empty() {
+            parse_redirect(&request.redirect_url)?
+        } else if !request.state.is_empty() && !request.code.is_empty() {
+            Redirect { state: request.state, code: Some(request.code), error: None }
+        } else {
+            return Err(Status::invalid_argument("redirect_url, or code and state: required"));
+        };
+        let name = self
+            .core
+            .complete_consent(&state, code.map(secrecy::SecretString::from), error)
+            .await
+            .map_err(to_status)?;
+        let profile = self.core.get_profile(&name).map_err(to_status)?;
+        Ok(Response::new(pb::CompleteConnectResponse { profile: Some(profile) }))
+    }
+
+    async fn disconnect(
+        &self,
+        request: Request<pb::DisconnectRequest>,
+    ) -> Result<Response<pb::DisconnectResponse>, Status> {
+        caller(&request)?.require_admin()?;
+        let name = request.into_inner().name;
+        crate::profile::validate_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let revocation = self.core.disconnect(&name).await.map_err(to_status)?;
+        let profile = self.core.get_profile(&name).ok();
+        Ok(Response::new(disconnect_reply(revocation, profile)))
+    }
+
+    async fn refresh_now(
+        &self,
+        request: Request<pb::RefreshNowRequest>,
+    ) -> Result<Response<pb::RefreshNowResponse>, Status> {
+        caller(&request)?.require_admin()?;
+        let name = request.into_inner().name;
+        crate::profile::validate_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.core.get_profile(&name).map_err(to_status)?;
+        if let Err(e) = self.core.refresh_shared(&name).await {
+            return Err(to_status(
+                Arc::try_unwrap(e).unwrap_or_else(|e| crate::core::CoreError::Unavailable(e.to_string())),
+            ));
+        }
+        let profile = self.core.get_profile(&name).map_err(to_status)?;
+        Ok(Response::new(pb::RefreshNowResponse { profile: Some(profile) }))
+    }
+
+    type WatchProfilesStream = Pin<Box<dyn Stream<Item = Result<pb::ProfileEvent, Status>> + Send>>;
+
+    async fn watch_profiles(
+        &self,
+        request: Request<pb::WatchProfilesRequest>,
+    ) -> Result<Response<Self::WatchProfilesStream>, Status> {
+        caller(&request)?.require_viewer()?;
+        let request = request.into_inner();
+        let names: std::collections::HashSet<String> = request.names.into_iter().collect();
+        // Subscribe before reading the initial state, so no change falls in between.
+        let changes = BroadcastStream::new(self.core.subscribe());
+        let mut initial = Vec::new();
+        if request.send_initial {
+            let (profiles, _) = self.core.list_profiles(1000, "").map_err(to_status)?;
+            for profile in profiles.into_iter().filter(|p| names.is_empty() || names.contains(&p.name)) {
+                initial.push(Ok(pb::ProfileEvent {
+                    kind: pb::profile_event::Kind::Initial as i32,
+                    previous_status: profile.status,
+                    profile: Some(profile),
+                    time: timestamp(self.core.clock().now_ms()),
+                }));
+            }
+        }
+        let core = Arc::clone(&self.core);
+        let shutdown = self.shutdown.clone();
+        let events = futures::StreamExt::take_until(
+            changes.filter_map(move |change| {
+                let change = change.ok()?;
+                if !names.is_empty() && !names.contains(&change.name) {
+                    return None;
+                }
+                let profile = core.get_profile(&change.name).ok().or_else(|| {
+                    Some(pb::Profile { name: change.name.clone(), status: change.status as i32, ..Default::default() })
+                });
+                Some(Ok(pb::ProfileEvent {
+                    kind: change.kind as i32,
+                    profile,
+                    previous_status: change.previous_status as i32,
+                    time: timestamp(core.clock().now_ms()),
+                }))
+            }),
+            async move { shutdown.cancelled().await },
+        );
+        Ok(Response::new(Box::pin(tokio_stream::iter(initial).chain(events))))
+    }
+}

@@ -1,0 +1,56 @@
+//! The gRPC surface: one file per service, the caller authentication, and the one table from
+//! core errors to status codes. Health and reflection are open; everything under `tokend.v1`
+//! needs an authenticated caller.
+
+pub mod auth;
+mod connected_apps;
+mod status;
+mod tokens;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::server::HealthReporter;
+
+pub use connected_apps::ConnectedAppsService;
+pub use status::to_status;
+pub use tokens::TokensService;
+
+use crate::api::pb;
+use crate::core::Core;
+use auth::Callers;
+
+/// The gRPC routes and the health reporter that operators' probes read.
+pub async fn routes(
+    core: Arc<Core>,
+    callers: &Callers,
+    max_message_bytes: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Routes, HealthReporter)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let apps = pb::connected_apps_server::ConnectedAppsServer::new(ConnectedAppsService::new(
+        Arc::clone(&core),
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(max_message_bytes);
+    let tokens = pb::tokens_server::TokensServer::new(TokensService::new(core, shutdown))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    reporter.set_serving::<pb::connected_apps_server::ConnectedAppsServer<ConnectedAppsService>>().await;
+    reporter.set_serving::<pb::tokens_server::TokensServer<TokensService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let routes = Routes::new(health)
+        .add_service(tonic::service::interceptor::InterceptedService::new(apps, callers.interceptor()))
+        .add_service(tonic::service::interceptor::InterceptedService::new(tokens, callers.interceptor()))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    Ok((routes, reporter))
+}

@@ -1,0 +1,109 @@
+//! `tokend.v1.Tokens`: the worker surface.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use secrecy::ExposeSecret as _;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use super::status::to_status;
+use crate::api::pb;
+use crate::api::pb::tokens_server::Tokens;
+use crate::core::{Core, HotToken};
+use crate::profile::timestamp;
+
+/// The service implementation over the core.
+#[derive(Debug, Clone)]
+pub struct TokensService {
+    core: Arc<Core>,
+    shutdown: CancellationToken,
+}
+
+impl TokensService {
+    /// The service; `shutdown` ends watch streams.
+    pub fn new(core: Arc<Core>, shutdown: CancellationToken) -> Self {
+        Self { core, shutdown }
+    }
+}
+
+fn min_valid_for(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, Status> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(Status::invalid_argument("min_valid_for: must not be negative")),
+        Some(d) if d.seconds > 24 * 3600 => Err(Status::invalid_argument("min_valid_for: at most 24 h")),
+        Some(d) => Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32))),
+    }
+}
+
+fn reply(name: &str, token: &HotToken) -> pb::AccessToken {
+    pb::AccessToken {
+        name: name.to_owned(),
+        access_token: token.access_token.expose_secret().to_owned(),
+        token_type: token.token_type.clone(),
+        expires_at: timestamp(token.expires_at_ms),
+        scopes: token.scopes.to_vec(),
+        token_version: token.token_version,
+    }
+}
+
+#[tonic::async_trait]
+impl Tokens for TokensService {
+    async fn get_access_token(
+        &self,
+        request: Request<pb::GetAccessTokenRequest>,
+    ) -> Result<Response<pb::AccessToken>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        // Authorization before existence: a consumer learns nothing about names outside its patterns.
+        caller.require_token(&request.name)?;
+        let min = min_valid_for(request.min_valid_for.as_ref())?;
+        let token = self.core.access_token(&request.name, min).await.map_err(to_status)?;
+        Ok(Response::new(reply(&request.name, &token)))
+    }
+
+    type WatchAccessTokenStream = Pin<Box<dyn Stream<Item = Result<pb::AccessToken, Status>> + Send>>;
+
+    async fn watch_access_token(
+        &self,
+        request: Request<pb::WatchAccessTokenRequest>,
+    ) -> Result<Response<Self::WatchAccessTokenStream>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        caller.require_token(&request.name)?;
+        let min = min_valid_for(request.min_valid_for.as_ref())?;
+        let name = request.name;
+        // Subscribe first, so a refresh between the first answer and the subscription is seen.
+        let changes = BroadcastStream::new(self.core.subscribe());
+        let first = self.core.access_token(&name, min).await.map_err(to_status)?;
+        let mut last_version = first.token_version;
+        let core = Arc::clone(&self.core);
+        let shutdown = self.shutdown.clone();
+        let stream_name = name.clone();
+        let updates = futures::StreamExt::take_until(
+            changes.filter_map(move |change| {
+                let change = change.ok()?;
+                if change.name != stream_name {
+                    return None;
+                }
+                if change.kind == pb::profile_event::Kind::Deleted {
+                    return Some(Err(Status::not_found(format!("profile {stream_name:?} was deleted"))));
+                }
+                let state = core.cached(&stream_name)?;
+                let token = state.token.as_ref()?;
+                if token.token_version <= last_version {
+                    return None;
+                }
+                last_version = token.token_version;
+                Some(Ok(reply(&stream_name, token)))
+            }),
+            async move { shutdown.cancelled().await },
+        );
+        Ok(Response::new(Box::pin(tokio_stream::once(Ok(reply(&name, &first))).chain(updates))))
+    }
+}

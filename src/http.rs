@@ -1,0 +1,91 @@
+//! The small HTTP listener: `GET /oauth/callback` (finishes a consent and shows a short page),
+//! `/healthz` (alive), `/readyz` (store open, engine running) and `/metrics` (Prometheus text).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::core::Core;
+use crate::metrics::Metrics;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The daemon core.
+    pub core: Arc<Core>,
+    /// Set once the daemon serves, cleared when it starts to shut down.
+    pub ready: Arc<AtomicBool>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The routes.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/oauth/callback", get(callback))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct CallbackQuery {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>tokend: {t}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\"><h1>{t}</h1><p>{b}</p></body></html>",
+        t = escape(title),
+        b = escape(body)
+    );
+    (status, [(header::CACHE_CONTROL, "no-store"), (header::REFERRER_POLICY, "no-referrer")], Html(html))
+        .into_response()
+}
+
+async fn callback(State(state): State<HttpState>, Query(query): Query<CallbackQuery>) -> Response {
+    let Some(consent_state) = query.state.filter(|s| !s.is_empty() && s.len() <= 512) else {
+        return page(StatusCode::BAD_REQUEST, "Consent not completed", "The redirect carried no state.");
+    };
+    let error = query.error.map(|e| (e, query.error_description.unwrap_or_default()));
+    let code = query.code.map(secrecy::SecretString::from);
+    match state.core.complete_consent(&consent_state, code, error).await {
+        Ok(name) => {
+            page(StatusCode::OK, "Connected", &format!("Profile {name} is connected. You can close this window."))
+        }
+        Err(e) => page(StatusCode::BAD_REQUEST, "Consent not completed", &e.to_string()),
+    }
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let store_ok = state.core.store().earliest_due().is_ok();
+    if state.ready.load(Ordering::Relaxed) && store_ok {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    match state.metrics.render(&state.core) {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}\n")).into_response(),
+    }
+}

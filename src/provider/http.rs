@@ -1,0 +1,163 @@
+//! The one HTTP client tokend uses to talk to providers, under the oauth2 crate: no redirects
+//! followed (SSRF), bounded time, bounded reply size, and the status code and `Retry-After` of
+//! every reply kept for the refresh engine (oauth2 itself drops them).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use oauth2::reqwest;
+use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
+
+/// Limits of provider HTTP calls.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time for a whole request, reply included.
+    pub request_timeout: Duration,
+    /// Largest reply body accepted, in bytes.
+    pub max_response_bytes: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            max_response_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Why an HTTP exchange with a provider failed before a reply was read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HttpError {
+    /// No connection could be made: the request was certainly not sent.
+    #[error("could not connect to the provider: {0}")]
+    Connect(String),
+    /// The request timed out; it may have reached the provider.
+    #[error("provider did not answer in time")]
+    Timeout,
+    /// The reply was larger than allowed.
+    #[error("provider reply larger than {0} bytes")]
+    TooLarge(usize),
+    /// Anything else on the wire (reset connection, broken reply).
+    #[error("provider exchange failed: {0}")]
+    Transport(String),
+}
+
+impl HttpError {
+    /// Whether the provider may have received and acted on the request.
+    pub fn maybe_sent(&self) -> bool {
+        !matches!(self, Self::Connect(_))
+    }
+}
+
+/// Status and headers of the last reply, which oauth2's errors do not carry.
+#[derive(Debug, Clone, Default)]
+pub struct ReplyMeta {
+    /// HTTP status code.
+    pub status: u16,
+    /// `Retry-After`, in seconds (delta form only).
+    pub retry_after: Option<Duration>,
+}
+
+/// A shared HTTP client for provider calls.
+#[derive(Debug, Clone)]
+pub struct ProviderHttp {
+    client: reqwest::Client,
+    max_response_bytes: usize,
+}
+
+impl ProviderHttp {
+    /// Builds the client.
+    pub fn new(options: &HttpOptions) -> Result<Self, HttpError> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HttpError::Transport(e.to_string()))?;
+        Ok(Self { client, max_response_bytes: options.max_response_bytes })
+    }
+
+    /// A client for one exchange that remembers the reply's status and `Retry-After`.
+    pub fn recording(&self) -> RecordingClient<'_> {
+        RecordingClient { http: self, meta: Mutex::new(None) }
+    }
+
+    /// Sends a request and reads the reply within the size limit.
+    pub async fn send(&self, request: HttpRequest) -> Result<(HttpResponse, ReplyMeta), HttpError> {
+        let (parts, body) = request.into_parts();
+        let url = parts.uri.to_string();
+        let mut builder = self.client.request(parts.method, url).body(body);
+        for (name, value) in &parts.headers {
+            builder = builder.header(name, value);
+        }
+        let mut response = builder.send().await.map_err(classify)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            if body.len() + chunk.len() > self.max_response_bytes {
+                return Err(HttpError::TooLarge(self.max_response_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let meta = ReplyMeta {
+            status: status.as_u16(),
+            retry_after: headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        };
+        let mut reply = http::Response::new(body);
+        *reply.status_mut() = status;
+        *reply.headers_mut() = headers;
+        Ok((reply, meta))
+    }
+}
+
+fn classify(e: reqwest::Error) -> HttpError {
+    // Error text from reqwest names the URL, never a body; it carries no secret.
+    if e.is_timeout() {
+        HttpError::Timeout
+    } else if e.is_connect() {
+        HttpError::Connect(e.without_url().to_string())
+    } else {
+        HttpError::Transport(e.without_url().to_string())
+    }
+}
+
+/// One exchange's client: implements oauth2's [`AsyncHttpClient`] and records the reply meta.
+#[derive(Debug)]
+pub struct RecordingClient<'a> {
+    http: &'a ProviderHttp,
+    meta: Mutex<Option<ReplyMeta>>,
+}
+
+impl RecordingClient<'_> {
+    /// Status and `Retry-After` of the last reply, if one arrived.
+    pub fn meta(&self) -> Option<ReplyMeta> {
+        self.meta.lock().ok().and_then(|m| m.clone())
+    }
+}
+
+impl<'c> AsyncHttpClient<'c> for RecordingClient<'_> {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let (reply, meta) = self.http.send(request).await?;
+            if let Ok(mut slot) = self.meta.lock() {
+                *slot = Some(meta);
+            }
+            Ok(reply)
+        })
+    }
+}

@@ -1,0 +1,371 @@
+//! The embedded store: sled 0.34, one data directory, five trees.
+
+use std::path::Path;
+
+use prost::Message;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+
+use super::{
+    ConnectionRecord, ConnectionWrite, ConsentRecord, DueEntry, ProfileRecord, SCHEMA_VERSION, Store, StoreError,
+    due_key, parse_due_key,
+};
+use crate::clock::UnixMillis;
+
+const SCHEMA_KEY: &str = "schema_version";
+
+/// How to open the sled store.
+#[derive(Debug, Clone)]
+pub struct SledOptions {
+    /// sled's page cache, in bytes. sled treats it as a soft limit; its 1 GiB default is far more
+    /// than tokend needs.
+    pub cache_capacity: u64,
+    /// How often sled flushes in the background, in milliseconds. Writes that must be durable
+    /// (rotated refresh tokens) are flushed explicitly regardless.
+    pub flush_every_ms: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        Self { cache_capacity: 32 * 1024 * 1024, flush_every_ms: 500 }
+    }
+}
+
+/// The sled-backed [`Store`].
+#[derive(Debug, Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    profiles: Tree,
+    connections: Tree,
+    refresh_index: Tree,
+    consents: Tree,
+    meta: Tree,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt { tree, detail: e.to_string() })
+}
+
+fn engine(e: sled::Error) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn flatten(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => engine(e),
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`. Fails with `Locked` when another process has it,
+    /// and with `TooNew` when a newer tokend wrote it.
+    pub fn open(dir: &Path, options: &SledOptions) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_capacity)
+            .flush_every_ms(Some(options.flush_every_ms))
+            .open()
+            .map_err(|e| open_error(dir, e))?;
+        Self::from_db(db)
+    }
+
+    /// A throwaway store that lives in memory and a temporary file; for tests and benchmarks.
+    pub fn temporary() -> Result<Self, StoreError> {
+        let db = sled::Config::new().temporary(true).open().map_err(engine)?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+        let tree = |name: &str| db.open_tree(name).map_err(engine);
+        let store = Self {
+            profiles: tree("profiles")?,
+            connections: tree("connections")?,
+            refresh_index: tree("refresh_index")?,
+            consents: tree("consents")?,
+            meta: tree("meta")?,
+            db,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        match self.meta(SCHEMA_KEY)? {
+            None => self.set_meta(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes()),
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt { tree: "meta", detail: "schema_version".into() })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn open_error(dir: &Path, e: sled::Error) -> StoreError {
+    let text = e.to_string();
+    if text.contains("could not acquire lock") || text.contains("WouldBlock") {
+        StoreError::Locked(dir.display().to_string())
+    } else {
+        StoreError::Engine(format!("opening {}: {text}", dir.display()))
+    }
+}
+
+fn tx_connection(tx: &TransactionalTree, name: &str) -> TxResult<Option<ConnectionRecord>> {
+    match tx.get(name)? {
+        None => Ok(None),
+        Some(bytes) => decode("connections", &bytes).map(Some).or_else(abort),
+    }
+}
+
+impl Store for SledStore {
+    fn profile(&self, name: &str) -> Result<Option<ProfileRecord>, StoreError> {
+        self.profiles.get(name).map_err(engine)?.map(|b| decode("profiles", &b)).transpose()
+    }
+
+    fn connection(&self, name: &str) -> Result<Option<ConnectionRecord>, StoreError> {
+        self.connections.get(name).map_err(engine)?.map(|b| decode("connections", &b)).transpose()
+    }
+
+    fn profiles_after(&self, after: &str, limit: usize) -> Result<Vec<(ProfileRecord, ConnectionRecord)>, StoreError> {
+        use std::ops::Bound;
+        let range = (Bound::Excluded(after.as_bytes().to_vec()), Bound::Unbounded);
+        let mut out = Vec::new();
+        for item in self.profiles.range(range).take(limit) {
+            let (key, bytes) = item.map_err(engine)?;
+            let profile: ProfileRecord = decode("profiles", &bytes)?;
+            let connection = match self.connections.get(&key).map_err(engine)? {
+                Some(b) => decode("connections", &b)?,
+                None => ConnectionRecord::default(),
+            };
+            out.push((profile, connection));
+        }
+        Ok(out)
+    }
+
+    fn connections(&self) -> Result<Vec<(String, ConnectionRecord)>, StoreError> {
+        self.connections
+            .iter()
+            .map(|item| {
+                let (key, bytes) = item.map_err(engine)?;
+                let name = String::from_utf8(key.to_vec())
+                    .map_err(|_| StoreError::Corrupt { tree: "connections", detail: "non-UTF-8 key".into() })?;
+                Ok((name, decode("connections", &bytes)?))
+            })
+            .collect()
+    }
+
+    fn insert_profile(&self, profile: &ProfileRecord, connection: &ConnectionRecord) -> Result<(), StoreError> {
+        let name = profile.name.as_str();
+        (&self.profiles, &self.connections)
+            .transaction(|(profiles, connections)| {
+                if profiles.get(name)?.is_some() {
+                    return abort(StoreError::AlreadyExists(name.to_owned()));
+                }
+                profiles.insert(name, profile.encode_to_vec())?;
+                connections.insert(name, connection.encode_to_vec())?;
+                Ok(())
+            })
+            .map_err(flatten)
+    }
+
+    fn replace_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError> {
+        let name = profile.name.as_str();
+        self.profiles
+            .transaction(|profiles| {
+                if profiles.get(name)?.is_none() {
+                    return abort(StoreError::NotFound(name.to_owned()));
+                }
+                profiles.insert(name, profile.encode_to_vec())?;
+                Ok(())
+            })
+            .map_err(flatten)
+    }
+
+    fn remove_profile(&self, name: &str) -> Result<(), StoreError> {
+        (&self.profiles, &self.connections, &self.refresh_index, &self.consents)
+            .transaction(|(profiles, connections, index, consents)| {
+                if profiles.remove(name)?.is_none() {
+                    return abort(StoreError::NotFound(name.to_owned()));
+                }
+                if let Some(old) = tx_connection(connections, name)? {
+                    if old.next_refresh_at_ms > 0 {
+                        index.remove(due_key(old.next_refresh_at_ms, name))?;
+                    }
+                    if !old.pending_consent.is_empty() {
+                        consents.remove(old.pending_consent.as_slice())?;
+                    }
+                }
+                connections.remove(name)?;
+                Ok(())
+            })
+            .map_err(flatten)
+    }
+
+    fn write_connection(&self, write: ConnectionWrite) -> Result<ConnectionRecord, StoreError> {
+        let name = write.name.as_str();
+        let mut record = write.record.clone();
+        record.version = write.expected_version + 1;
+        let encoded = record.encode_to_vec();
+        (&self.profiles, &self.connections, &self.refresh_index, &self.consents)
+            .transaction(|(profiles, connections, index, consents)| {
+                if profiles.get(name)?.is_none() {
+                    return abort(StoreError::NotFound(name.to_owned()));
+                }
+                let old = tx_connection(connections, name)?.unwrap_or_default();
+                if old.version != write.expected_version {
+                    return abort(StoreError::Conflict { name: name.to_owned(), current: old.version });
+                }
+                if old.next_refresh_at_ms > 0 {
+                    index.remove(due_key(old.next_refresh_at_ms, name))?;
+                }
+                if record.next_refresh_at_ms > 0 {
+                    index.insert(due_key(record.next_refresh_at_ms, name), &[])?;
+                }
+                if let Some(key) = &write.remove_consent {
+                    consents.remove(key.as_slice())?;
+                }
+                if let Some((key, consent)) = &write.put_consent {
+                    consents.insert(key.as_slice(), consent.encode_to_vec())?;
+                }
+                connections.insert(name, encoded.as_slice())?;
+                Ok(())
+            })
+            .map_err(flatten)?;
+        Ok(record)
+    }
+
+    fn consent(&self, key: &[u8]) -> Result<Option<ConsentRecord>, StoreError> {
+        self.consents.get(key).map_err(engine)?.map(|b| decode("consents", &b)).transpose()
+    }
+
+    fn consents(&self) -> Result<Vec<(Vec<u8>, ConsentRecord)>, StoreError> {
+        self.consents
+            .iter()
+            .map(|item| {
+                let (key, bytes) = item.map_err(engine)?;
+                Ok((key.to_vec(), decode("consents", &bytes)?))
+            })
+            .collect()
+    }
+
+    fn due(&self, up_to: UnixMillis, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
+        let end = (up_to.max(0) as u64).saturating_add(1).to_be_bytes();
+        self.refresh_index
+            .range(..end.to_vec())
+            .take(limit)
+            .map(|item| {
+                let (key, _) = item.map_err(engine)?;
+                parse_due_key(&key).ok_or(StoreError::Corrupt { tree: "refresh_index", detail: "malformed key".into() })
+            })
+            .collect()
+    }
+
+    fn earliest_due(&self) -> Result<Option<DueEntry>, StoreError> {
+        match self.refresh_index.first().map_err(engine)? {
+            None => Ok(None),
+            Some((key, _)) => parse_due_key(&key)
+                .map(Some)
+                .ok_or(StoreError::Corrupt { tree: "refresh_index", detail: "malformed key".into() }),
+        }
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key).map_err(engine)?.map(|v| v.to_vec()))
+    }
+
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(key, value).map_err(engine).map(|_| ())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(engine).map(|_| ())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(name: &str) -> ProfileRecord {
+        ProfileRecord { name: name.into(), ..Default::default() }
+    }
+
+    fn write(name: &str, expected: u64, next: i64) -> ConnectionWrite {
+        ConnectionWrite {
+            name: name.into(),
+            expected_version: expected,
+            record: ConnectionRecord { next_refresh_at_ms: next, ..Default::default() },
+            put_consent: None,
+            remove_consent: None,
+        }
+    }
+
+    /// A duplicate name is refused and leaves the first profile as it was.
+    #[test]
+    fn insert_refuses_duplicates() {
+        let store = SledStore::temporary().unwrap();
+        let mut p = profile("a");
+        p.description = "first".into();
+        store.insert_profile(&p, &ConnectionRecord::default()).unwrap();
+        let mut q = profile("a");
+        q.description = "second".into();
+        assert!(matches!(store.insert_profile(&q, &ConnectionRecord::default()), Err(StoreError::AlreadyExists(_))));
+        assert_eq!(store.profile("a").unwrap().unwrap().description, "first");
+    }
+
+    /// A stale writer loses, and the index follows the connection's refresh time.
+    #[test]
+    fn versioned_writes_and_index() {
+        let store = SledStore::temporary().unwrap();
+        store.insert_profile(&profile("a"), &ConnectionRecord::default()).unwrap();
+        let stored = store.write_connection(write("a", 0, 500)).unwrap();
+        assert_eq!(stored.version, 1);
+        assert!(matches!(store.write_connection(write("a", 0, 900)), Err(StoreError::Conflict { current: 1, .. })));
+        assert_eq!(store.due(1000, 10).unwrap(), vec![DueEntry { at_ms: 500, name: "a".into() }]);
+        store.write_connection(write("a", 1, 2000)).unwrap();
+        assert!(store.due(1000, 10).unwrap().is_empty());
+        assert_eq!(store.earliest_due().unwrap().unwrap().at_ms, 2000);
+        store.remove_profile("a").unwrap();
+        assert!(store.earliest_due().unwrap().is_none());
+        assert!(store.connection("a").unwrap().is_none());
+    }
+
+    /// Pages come in name order and continue after the given name.
+    #[test]
+    fn pages_in_name_order() {
+        let store = SledStore::temporary().unwrap();
+        for name in ["c", "a", "b"] {
+            store.insert_profile(&profile(name), &ConnectionRecord::default()).unwrap();
+        }
+        let names = |v: Vec<(ProfileRecord, ConnectionRecord)>| v.into_iter().map(|(p, _)| p.name).collect::<Vec<_>>();
+        assert_eq!(names(store.profiles_after("", 2).unwrap()), ["a", "b"]);
+        assert_eq!(names(store.profiles_after("b", 2).unwrap()), ["c"]);
+    }
+
+    /// A second opener of the same directory gets `Locked`; a newer schema is refused.
+    #[test]
+    fn lock_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), &SledOptions::default()).unwrap();
+        assert!(matches!(SledStore::open(dir.path(), &SledOptions::default()), Err(StoreError::Locked(_))));
+        store.set_meta(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        assert!(matches!(SledStore::open(dir.path(), &SledOptions::default()), Err(StoreError::TooNew { .. })));
+    }
+}

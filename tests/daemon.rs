@@ -1,0 +1,483 @@
+//! Integration tests: the real daemon in-process on 127.0.0.1 port 0, the generated gRPC client,
+//! and a scriptable fake provider.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokend::api::pb;
+use tonic::Code;
+
+fn get_token(name: &str, min_valid_secs: i64) -> pb::GetAccessTokenRequest {
+    pb::GetAccessTokenRequest {
+        name: name.into(),
+        min_valid_for: Some(prost_types::Duration { seconds: min_valid_secs, nanos: 0 }),
+    }
+}
+
+/// Connect → token → refresh with rotation → disconnect with revocation, end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_connection_cycle() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    let mut tokens = daemon.tokens(ADMIN).await;
+
+    let profile = create_and_connect(&mut apps, "box-ops", &provider).await;
+    assert_eq!(profile.status, pb::Status::Connected as i32);
+    assert!(profile.refresh_token_enabled);
+    assert!(profile.authorization_expires_at.is_some());
+    assert!(profile.client_secret.is_empty() && profile.client_secret_set);
+    let query = provider.last_authorize_query().expect("authorize query");
+    assert_eq!(query.get("code_challenge_method").map(String::as_str), Some("S256"));
+    assert_eq!(query.get("redirect_uri"), Some(&daemon.callback_url()));
+
+    let first = tokens.get_access_token(get_token("box-ops", 60)).await.expect("token").into_inner();
+    assert!(provider.is_active(&first.access_token));
+    assert_eq!(provider.issued_access_tokens(), vec![first.access_token.clone()]);
+    assert_eq!(first.token_type, "Bearer");
+
+    let old_refresh = provider.current_refresh_token().expect("refresh token");
+    apps.refresh_now(pb::RefreshNowRequest { name: "box-ops".into() }).await.expect("refresh");
+    assert_eq!(provider.refresh_requests(), 1);
+    assert_ne!(provider.current_refresh_token().as_ref(), Some(&old_refresh), "rotated");
+    let second = tokens.get_access_token(get_token("box-ops", 60)).await.expect("token").into_inner();
+    assert_ne!(second.access_token, first.access_token);
+    assert!(second.token_version > first.token_version);
+    // A second refresh works with the rotated token: the first rotation was kept.
+    apps.refresh_now(pb::RefreshNowRequest { name: "box-ops".into() }).await.expect("refresh with rotated token");
+
+    let reply =
+        apps.disconnect(pb::DisconnectRequest { name: "box-ops".into() }).await.expect("disconnect").into_inner();
+    assert!(reply.revoked, "{}", reply.detail);
+    assert_eq!(reply.revocation, pb::Revocation::Revoked as i32);
+    assert!(!provider.revoked().is_empty());
+    let err = tokens.get_access_token(get_token("box-ops", 60)).await.expect_err("disconnected");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("not connected"), "{}", err.message());
+    let profile = apps.get_profile(pb::GetProfileRequest { name: "box-ops".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.status, pb::Status::NotConnected as i32);
+    assert!(profile.authorization_expires_at.is_none() && !profile.refresh_token_enabled);
+
+    let mut secrets = provider.issued_access_tokens();
+    secrets.extend(provider.issued_refresh_tokens());
+    secrets.push("test-secret".into());
+    assert_no_secret_in_logs(&secrets);
+    daemon.stop().await;
+}
+
+/// Many concurrent callers on a token too old for them cause exactly one provider refresh, and
+/// all get the same new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flight() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_lifetime(30);
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "mail-in", &provider).await;
+    provider.push_fault(Fault::Delay(Duration::from_millis(300)));
+    let client = daemon.tokens(CONSUMER).await;
+    let mut calls = Vec::new();
+    for _ in 0..200 {
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move { client.get_access_token(get_token("mail-in", 60)).await }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for call in calls {
+        let token = call.await.expect("task").expect("token").into_inner();
+        seen.insert(token.access_token);
+    }
+    assert_eq!(provider.refresh_requests(), 1, "one refresh for all callers");
+    assert_eq!(seen.len(), 1, "every caller got the same token");
+    assert_eq!(seen.iter().next(), provider.issued_access_tokens().last());
+    daemon.stop().await;
+}
+
+/// A caller that gives up does not cancel the refresh it started: the rotated token is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_caller_keeps_rotation() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_lifetime(30);
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "mail-out", &provider).await;
+    provider.push_fault(Fault::Delay(Duration::from_millis(500)));
+    let mut tokens = daemon.tokens(ADMIN).await;
+    let mut request = tonic::Request::new(get_token("mail-out", 60));
+    request.set_timeout(Duration::from_millis(100));
+    let err = tokens.get_access_token(request).await.expect_err("deadline");
+    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
+    // The refresh finishes on its own; then the next refresh uses the rotated token.
+    for _ in 0..50 {
+        if provider.refresh_requests() == 1
+            && daemon.daemon().core.cached("mail-out").and_then(|s| s.token.clone()).map(|t| t.token_version) == Some(2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    apps.refresh_now(pb::RefreshNowRequest { name: "mail-out".into() }).await.expect("rotated token was kept");
+    daemon.stop().await;
+}
+
+/// invalid_grant → NEEDS_REAUTHORIZATION; the still-valid token keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_grant_needs_reauthorization() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "gdrive", &provider).await;
+    provider.revoke_all_grants();
+    let err = apps.refresh_now(pb::RefreshNowRequest { name: "gdrive".into() }).await.expect_err("dead grant");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let profile = apps.get_profile(pb::GetProfileRequest { name: "gdrive".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.status, pb::Status::NeedsReauthorization as i32);
+    assert!(
+        profile.last_error.contains("invalid_grant") && profile.last_error.contains("Connect"),
+        "{}",
+        profile.last_error
+    );
+    let mut tokens = daemon.tokens(ADMIN).await;
+    let token = tokens.get_access_token(get_token("gdrive", 60)).await.expect("held token still served");
+    assert!(!token.into_inner().access_token.is_empty());
+    // A token nobody holds long enough: the error says an admin must reconnect.
+    let err = tokens.get_access_token(get_token("gdrive", 7200)).await;
+    assert!(err.is_ok(), "unexpired token is served even below min_valid_for");
+    // Reconnecting heals it.
+    let start = apps.connect(pb::ConnectRequest { name: "gdrive".into() }).await.expect("connect").into_inner();
+    let redirect = consent_redirect(&start.authorization_url).await;
+    apps.complete_connect(pb::CompleteConnectRequest { redirect_url: redirect, ..Default::default() })
+        .await
+        .expect("complete");
+    let profile = apps.get_profile(pb::GetProfileRequest { name: "gdrive".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.status, pb::Status::Connected as i32);
+    daemon.stop().await;
+}
+
+/// Transient failures → REFRESH_FAILING while the token is served; the next success recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failure_and_recovery() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    let mut events = apps
+        .watch_profiles(pb::WatchProfilesRequest { names: vec!["att".into()], send_initial: false })
+        .await
+        .expect("watch")
+        .into_inner();
+    create_and_connect(&mut apps, "att", &provider).await;
+    for fault in [
+        Fault::Status(503),
+        Fault::RateLimited { retry_after_secs: 7 },
+        Fault::StatusBody { status: 200, content_type: "text/html", body: "<html>oops</html>".into() },
+        Fault::StatusBody { status: 200, content_type: "application/json", body: "{\"access_token\": 5}".into() },
+    ] {
+        provider.push_fault(fault.clone());
+        let err = apps.refresh_now(pb::RefreshNowRequest { name: "att".into() }).await.expect_err("fault");
+        assert_eq!(err.code(), Code::Unavailable, "{fault:?}: {}", err.message());
+        let profile = apps.get_profile(pb::GetProfileRequest { name: "att".into() }).await.expect("get").into_inner();
+        assert_eq!(profile.status, pb::Status::RefreshFailing as i32, "{fault:?}");
+        assert!(!profile.last_error.is_empty());
+        assert!(!profile.last_error.contains("oops"), "bodies are not echoed");
+    }
+    let mut tokens = daemon.tokens(ADMIN).await;
+    tokens.get_access_token(get_token("att", 60)).await.expect("held token served while failing");
+    apps.refresh_now(pb::RefreshNowRequest { name: "att".into() }).await.expect("recovers");
+    let profile = apps.get_profile(pb::GetProfileRequest { name: "att".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.status, pb::Status::Connected as i32);
+    assert_eq!(profile.consecutive_failures, 0);
+    // The watch stream saw the failure and the recovery.
+    let mut statuses = Vec::new();
+    while let Ok(Some(Ok(event))) =
+        tokio::time::timeout(Duration::from_millis(200), events.message()).await.map(|r| r.transpose())
+    {
+        statuses.push(event.profile.map(|p| p.status).unwrap_or_default());
+    }
+    assert!(statuses.contains(&(pb::Status::RefreshFailing as i32)));
+    assert_eq!(statuses.last(), Some(&(pb::Status::Connected as i32)));
+    daemon.stop().await;
+}
+
+/// The scheduler refreshes proactively before expiry, driven by a manual clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proactive_refresh_before_expiry() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_lifetime(600);
+    let clock = tokend::clock::ManualClock::new(1_800_000_000_000);
+    let daemon = TestDaemon::start_with(|_| {}, Some(clock.clone())).await;
+    let mut apps = daemon.apps(ADMIN).await;
+    let profile = create_and_connect(&mut apps, "sched", &provider).await;
+    let expires = profile.authorization_expires_at.expect("expiry").seconds;
+    let next = profile.next_refresh_at.expect("next refresh").seconds;
+    // 600 s token: skew = clamp(120, 120, 300) × (1 + 0.1 × 0.5) = 126 s ahead.
+    assert_eq!(expires - next, 126);
+    clock.advance_ms(400_000);
+    daemon.daemon().core.wake_scheduler();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(provider.refresh_requests(), 0, "not due yet");
+    clock.advance_ms(80_000);
+    daemon.daemon().core.wake_scheduler();
+    for _ in 0..100 {
+        if provider.refresh_requests() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(provider.refresh_requests(), 1, "refreshed once it was due");
+    daemon.stop().await;
+}
+
+/// Tokens and connections survive a restart; the rotated refresh token is used afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_connections() {
+    let provider = FakeProvider::start().await;
+    let mut daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "persist", &provider).await;
+    apps.refresh_now(pb::RefreshNowRequest { name: "persist".into() }).await.expect("refresh");
+    let before =
+        daemon.tokens(ADMIN).await.get_access_token(get_token("persist", 60)).await.expect("token").into_inner();
+    daemon.restart().await;
+    let after =
+        daemon.tokens(ADMIN).await.get_access_token(get_token("persist", 60)).await.expect("token").into_inner();
+    assert_eq!(before.access_token, after.access_token);
+    let mut apps = daemon.apps(ADMIN).await;
+    apps.refresh_now(pb::RefreshNowRequest { name: "persist".into() }).await.expect("refresh after restart");
+    daemon.stop().await;
+}
+
+/// Roles: viewers never get tokens; consumers only for their patterns, and a name outside them
+/// answers PERMISSION_DENIED whether it exists or not; no token is UNAUTHENTICATED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_authentication() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "mail-box", &provider).await;
+    create_and_connect(&mut apps, "crm", &provider).await;
+
+    let mut consumer = daemon.tokens(CONSUMER).await;
+    consumer.get_access_token(get_token("mail-box", 60)).await.expect("allowed");
+    for name in ["crm", "does-not-exist"] {
+        let err = consumer.get_access_token(get_token(name, 60)).await.expect_err("denied");
+        assert_eq!(err.code(), Code::PermissionDenied, "{name}");
+    }
+    let err = consumer.get_access_token(get_token("mail-nope", 60)).await.expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    let mut consumer_apps = daemon.apps(CONSUMER).await;
+    let err = consumer_apps.list_profiles(pb::ListProfilesRequest::default()).await.expect_err("consumer lists");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    let mut viewer_apps = daemon.apps(VIEWER).await;
+    let list = viewer_apps.list_profiles(pb::ListProfilesRequest::default()).await.expect("viewer lists").into_inner();
+    assert_eq!(list.profiles.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["crm", "mail-box"]);
+    let err = viewer_apps.disconnect(pb::DisconnectRequest { name: "crm".into() }).await.expect_err("viewer");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = daemon.tokens(VIEWER).await.get_access_token(get_token("crm", 60)).await.expect_err("viewer token");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    for token in ["", "wrong-token"] {
+        let err =
+            daemon.apps(token).await.list_profiles(pb::ListProfilesRequest::default()).await.expect_err("no auth");
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    daemon.stop().await;
+}
+
+/// Bad input gets a clear error and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    let create = |p: pb::Profile| pb::CreateProfileRequest { profile: Some(p) };
+    let base = fake_profile("good", &provider);
+    let cases = [
+        (pb::Profile { name: "Bad Name".into(), ..base.clone() }, "name"),
+        (pb::Profile { provider: String::new(), ..base.clone() }, "provider"),
+        (pb::Profile { provider: "myspace".into(), ..base.clone() }, "provider"),
+        (pb::Profile { client_id: String::new(), ..base.clone() }, "client_id"),
+        (pb::Profile { token_endpoint: String::new(), ..base.clone() }, "token_endpoint"),
+        (pb::Profile { token_endpoint: "http://example.com/token".into(), ..base.clone() }, "token_endpoint"),
+        (pb::Profile { token_endpoint: "ftp://127.0.0.1/x".into(), ..base.clone() }, "token_endpoint"),
+    ];
+    for (profile, field) in cases {
+        let err = apps.create_profile(create(profile)).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let err = apps.create_profile(pb::CreateProfileRequest { profile: None }).await.expect_err("none");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let list = apps.list_profiles(pb::ListProfilesRequest::default()).await.expect("list").into_inner();
+    assert!(list.profiles.is_empty(), "nothing was created");
+
+    apps.create_profile(create(base.clone())).await.expect("create");
+    let err =
+        apps.create_profile(create(pb::Profile { description: "dup".into(), ..base.clone() })).await.expect_err("dup");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let got = apps.get_profile(pb::GetProfileRequest { name: "good".into() }).await.expect("get").into_inner();
+    assert_eq!(got.description, base.description, "the duplicate changed nothing");
+
+    let err = apps.get_profile(pb::GetProfileRequest { name: "missing".into() }).await.expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = apps.connect(pb::ConnectRequest { name: "missing".into() }).await.expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    let err =
+        apps.list_profiles(pb::ListProfilesRequest { page_size: -1, ..Default::default() }).await.expect_err("page");
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Consent states: unknown, replayed, and a provider error.
+    let err = apps
+        .complete_connect(pb::CompleteConnectRequest { code: "c".into(), state: "forged".into(), ..Default::default() })
+        .await
+        .expect_err("forged state");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let start = apps.connect(pb::ConnectRequest { name: "good".into() }).await.expect("connect").into_inner();
+    assert_eq!(start.status, pb::Status::Connecting as i32);
+    let redirect = consent_redirect(&start.authorization_url).await;
+    apps.complete_connect(pb::CompleteConnectRequest { redirect_url: redirect.clone(), ..Default::default() })
+        .await
+        .expect("complete");
+    let err = apps
+        .complete_connect(pb::CompleteConnectRequest { redirect_url: redirect, ..Default::default() })
+        .await
+        .expect_err("replay");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let profile = apps.get_profile(pb::GetProfileRequest { name: "good".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.status, pb::Status::Connected as i32, "the replay changed nothing");
+    assert_eq!(provider.token_requests("authorization_code"), 1, "the replay never reached the provider");
+
+    apps.create_profile(create(fake_profile("denied", &provider))).await.expect("create");
+    provider.deny_next_consent();
+    let start = apps.connect(pb::ConnectRequest { name: "denied".into() }).await.expect("connect").into_inner();
+    let redirect = consent_redirect(&start.authorization_url).await;
+    let err = apps
+        .complete_connect(pb::CompleteConnectRequest { redirect_url: redirect, ..Default::default() })
+        .await
+        .expect_err("denied");
+    assert!(err.message().contains("access_denied"), "{}", err.message());
+    let profile = apps.get_profile(pb::GetProfileRequest { name: "denied".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.status, pb::Status::NotConnected as i32);
+    assert!(profile.last_error.contains("access_denied"));
+
+    // An oversized message is refused before it reaches a handler.
+    let huge = pb::Profile { description: "x".repeat(2 * 1024 * 1024), ..fake_profile("huge", &provider) };
+    let err = apps.create_profile(create(huge)).await.expect_err("too large");
+    assert_eq!(err.code(), Code::OutOfRange);
+    daemon.stop().await;
+}
+
+/// Update with a mask changes only the named fields; delete disconnects first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_and_delete() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "upd", &provider).await;
+    let update = pb::UpdateProfileRequest {
+        profile: Some(pb::Profile {
+            name: "upd".into(),
+            description: "new text".into(),
+            client_id: "ignored".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["description".into()] }),
+    };
+    let updated = apps.update_profile(update).await.expect("update").into_inner();
+    assert_eq!(updated.description, "new text");
+    assert_eq!(updated.client_id, "test-client");
+    assert!(updated.client_secret_set);
+    // The secret is unchanged: a refresh still authenticates.
+    apps.refresh_now(pb::RefreshNowRequest { name: "upd".into() }).await.expect("refresh");
+    let reply =
+        apps.delete_profile(pb::DeleteProfileRequest { name: "upd".into() }).await.expect("delete").into_inner();
+    assert!(reply.disconnect.expect("disconnect").revoked);
+    let err = apps.get_profile(pb::GetProfileRequest { name: "upd".into() }).await.expect_err("gone");
+    assert_eq!(err.code(), Code::NotFound);
+    daemon.stop().await;
+}
+
+/// A second daemon on the same data directory, a missing key file and a wrong key are refused
+/// with distinct exit codes, and touch no data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_errors() {
+    let provider = FakeProvider::start().await;
+    let first = TestDaemon::start().await;
+    let mut apps = first.apps(ADMIN).await;
+    create_and_connect(&mut apps, "keep", &provider).await;
+    let err = start_daemon(&first.config, None).await.expect_err("locked");
+    assert_eq!(err.exit_code(), 75, "{err}");
+    let config = first.config.clone();
+    let dir = first.dir.path().to_path_buf();
+    let TestDaemon { daemon, dir: temp, .. } = first;
+    if let Some(d) = daemon {
+        d.stop().await;
+    }
+    let key_file = dir.join("tokend.key");
+    let key = std::fs::read(&key_file).expect("key");
+    std::fs::remove_file(&key_file).expect("remove key");
+    let err = start_daemon(&config, None).await.expect_err("missing key");
+    assert_eq!(err.exit_code(), 65);
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(!key_file.exists(), "no key was generated over existing secrets");
+    std::fs::write(&key_file, format!("{}\n", tokend::crypto::generate_key_text().as_str())).expect("write");
+    let err = start_daemon(&config, None).await.expect_err("wrong key");
+    assert_eq!(err.exit_code(), 65);
+    assert!(err.to_string().contains("does not open"), "{err}");
+    std::fs::write(&key_file, key).expect("restore key");
+    let daemon = start_daemon(&config, None).await.expect("right key");
+    let mut tokens = tokens_client(daemon.grpc_addr, ADMIN).await;
+    tokens.get_access_token(get_token("keep", 60)).await.expect("data intact");
+    daemon.stop().await;
+    drop(temp);
+}
+
+/// With no callers configured, an admin token is generated in the data directory (mode 0600)
+/// and works; nothing else is open but health and reflection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_admin_token() {
+    let daemon = TestDaemon::start_with(|c| c.callers.clear(), None).await;
+    let path = daemon.dir.path().join("admin.token");
+    let token = std::fs::read_to_string(&path).expect("admin.token").trim().to_owned();
+    assert!(token.len() >= 22);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+    }
+    daemon.apps(&token).await.list_profiles(pb::ListProfilesRequest::default()).await.expect("admin");
+    let err = daemon.apps("guess").await.list_profiles(pb::ListProfilesRequest::default()).await.expect_err("guess");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", daemon.daemon().grpc_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply =
+        health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health open");
+    assert_eq!(reply.into_inner().status, 1);
+    assert_no_secret_in_logs(&[token]);
+    daemon.stop().await;
+}
+
+/// The HTTP side: health, readiness and metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "metered", &provider).await;
+    let base = format!("http://{}", daemon.daemon().http_addr);
+    let http = browser();
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.expect("healthz").status().as_u16(), 200);
+    assert_eq!(http.get(format!("{base}/readyz")).send().await.expect("readyz").status().as_u16(), 200);
+    let metrics = http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("body");
+    assert!(metrics.contains("tokend_profiles{status=\"connected\"} 1"), "{metrics}");
+    let page = http.get(format!("{base}/oauth/callback?state=forged&code=x")).send().await.expect("callback");
+    assert_eq!(page.status().as_u16(), 400);
+    let _ = Arc::new(());
+    daemon.stop().await;
+}

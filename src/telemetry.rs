@@ -11,7 +11,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 pub fn init(format: &str, level: &str) {
     let filter = EnvFilter::try_from_env("TOKEND_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new(level));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},tokio_cron_scheduler=warn")));
     let json = match format {
         "json" => true,
         "text" => false,

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Runs the README's grpcurl examples (between the smoke markers) exactly as printed, against a
+# zero-config tokend in a scratch directory, with real grpcurl 1.8.6. A command marked
+# `# expect: CODE` must fail with that gRPC code; every other command must succeed; a ```text
+# block must match the output of the command block before it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+export PATH="$root/target/venv-tools/bin:$PATH"
+command -v grpcurl >/dev/null || { echo "smoke: grpcurl missing (scripts/test.sh installs it)" >&2; exit 1; }
+grpcurl -version 2>&1 | grep -q 'v1.8.6' || { echo "smoke: need grpcurl v1.8.6" >&2; exit 1; }
+cargo build -q --bin tokend
+tokend="$root/target/debug/tokend"
+
+for port in 50051 8085; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "smoke: port $port is in use; the README examples need the default ports" >&2
+    exit 1
+  fi
+done
+
+work=$(mktemp -d)
+daemon_pid=""
+cleanup() {
+  if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cd "$work"
+"$tokend" >"$work/tokend.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 100); do
+  if (exec 3<>/dev/tcp/127.0.0.1/8085) 2>/dev/null && grpcurl -plaintext 127.0.0.1:50051 list >/dev/null 2>&1; then break; fi
+  sleep 0.1
+done
+
+# Pull the blocks out of the README: lines of ```sh blocks are commands, ```text blocks expected output.
+blocks=$(awk '
+  /<!-- smoke:begin -->/ { on = 1; next }
+  /<!-- smoke:end -->/ { on = 0 }
+  on && /^```sh/ { kind = "cmd"; next }
+  on && /^```text/ { kind = "out"; print "@@expect-output"; next }
+  on && /^```/ { if (kind == "out") print "@@end-output"; kind = ""; next }
+  on && kind == "cmd" { print "@@cmd " $0 }
+  on && kind == "out" { print $0 }
+' "$root/README.md")
+
+count=0
+last_output=""
+expected=""
+in_expected=0
+while IFS= read -r line; do
+  case "$line" in
+    "@@cmd "*)
+      cmd=${line#@@cmd }
+      want_fail=""
+      if [[ "$cmd" =~ \#\ expect:\ ([A-Za-z]+)$ ]]; then want_fail=${BASH_REMATCH[1]}; fi
+      count=$((count + 1))
+      if [[ "$cmd" =~ ^[A-Z_]+= ]]; then
+        # An assignment: it must stay in this shell for the commands after it.
+        eval "$cmd"
+        continue
+      fi
+      set +e
+      last_output=$(eval "$cmd" 2>&1)
+      status=$?
+      set -e
+      if [ -n "$want_fail" ]; then
+        if [ $status -eq 0 ] || ! grep -q "Code: $want_fail" <<<"$last_output"; then
+          echo "smoke: expected $want_fail from: $cmd" >&2; echo "$last_output" >&2; exit 1
+        fi
+      elif [ $status -ne 0 ]; then
+        echo "smoke: failed (exit $status): $cmd" >&2; echo "$last_output" >&2; exit 1
+      fi
+      ;;
+    "@@expect-output") in_expected=1; expected="" ;;
+    "@@end-output")
+      in_expected=0
+      if [ "$last_output" != "${expected%$'\n'}" ]; then
+        echo "smoke: output differs from the README:" >&2
+        diff <(printf '%s\n' "${expected%$'\n'}") <(printf '%s\n' "$last_output") >&2 || true
+        exit 1
+      fi
+      ;;
+    *) if [ $in_expected -eq 1 ]; then expected+="$line"$'\n'; fi ;;
+  esac
+done <<<"$blocks"
+
+[ "$count" -gt 5 ] || { echo "smoke: found only $count README commands; markers broken?" >&2; exit 1; }
+if grep -q "my-box-client-secret" "$work/tokend.log"; then
+  echo "smoke: the client secret appeared in the daemon log" >&2; exit 1
+fi
+echo "smoke: $count passed, 0 failed"

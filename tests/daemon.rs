@@ -481,3 +481,73 @@ async fn http_endpoints() {
     let _ = Arc::new(());
     daemon.stop().await;
 }
+
+/// Server reflection answers in both versions (v1 for new grpcurl, v1alpha for 1.8.6) and lists
+/// every service, health included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let daemon = TestDaemon::start().await;
+    let uri = format!("http://{}", daemon.daemon().grpc_addr);
+    let channel = tonic::transport::Endpoint::from_shared(uri).expect("uri").connect().await.expect("connect");
+
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client.server_reflection_info(tokio_stream::iter([request])).await.expect("v1").into_inner();
+    let reply = replies.message().await.expect("reply").expect("one reply");
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = reply.message_response
+    else {
+        panic!("unexpected reflection reply");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for wanted in ["tokend.v1.ConnectedApps", "tokend.v1.Tokens", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == wanted), "{wanted} in {names:?}");
+    }
+
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client.server_reflection_info(tokio_stream::iter([request])).await.expect("v1alpha").into_inner();
+    assert!(replies.message().await.expect("reply").is_some());
+    daemon.stop().await;
+}
+
+/// WatchAccessToken sends the current token, then each new one after a refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_access_token_streams_rotations() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "mail-watch", &provider).await;
+    let mut tokens = daemon.tokens(CONSUMER).await;
+    let mut stream = tokens
+        .watch_access_token(pb::WatchAccessTokenRequest { name: "mail-watch".into(), min_valid_for: None })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream.message().await.expect("first").expect("some");
+    for _ in 0..2 {
+        apps.refresh_now(pb::RefreshNowRequest { name: "mail-watch".into() }).await.expect("refresh");
+    }
+    let second = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("some");
+    let third = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("some");
+    assert!(first.token_version < second.token_version && second.token_version < third.token_version);
+    assert_eq!(Some(&third.access_token), provider.issued_access_tokens().last());
+    // Shutdown ends the stream cleanly.
+    daemon.stop().await;
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("ends in time");
+    assert!(!matches!(end, Ok(Some(_))), "no more tokens after shutdown");
+}

@@ -1,0 +1,84 @@
+//! The `tokend` binary as operators meet it: exit codes, chores as subcommands.
+
+use std::process::Command;
+
+fn tokend() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tokend"))
+}
+
+/// A bad configuration exits 78 with a message naming the key.
+#[test]
+fn bad_config_exits_78_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[refresh]\nbackoff_initial_secs = 0\n").unwrap();
+    let out = tokend().arg("--config").arg(&file).arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refresh.backoff"), "{stderr}");
+    let out = tokend().arg("--config").arg(dir.path().join("missing.toml")).arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let out = tokend().env("TOKEND_GRPC__LISTEN", "not-an-address").arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("grpc.listen"));
+}
+
+/// `check-config` prints the effective configuration, env and flags applied.
+#[test]
+fn check_config_shows_layers() {
+    let out = tokend()
+        .env("TOKEND_REFRESH__SKEW_RATIO", "0.3")
+        .args(["--data-dir", "/srv/tokend", "check-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("data_dir = \"/srv/tokend\""), "{text}");
+    assert!(text.contains("skew_ratio = 0.3"), "{text}");
+}
+
+/// `gen-key` prints a usable key; `mint-token` prints a token and the matching config entry.
+#[test]
+fn key_and_token_chores() {
+    let out = tokend().arg("gen-key").output().unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap();
+    assert!(tokend::crypto::decode_key(&key).is_ok());
+    let out =
+        tokend().args(["mint-token", "--role", "consumer", "--name", "w", "--profile", "mail-*"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text.lines().next().unwrap().rsplit(' ').next().unwrap();
+    assert!(token.len() >= 22, "at least 128 bits");
+    assert!(text.contains(&tokend::grpc::auth::hash_token(token)), "{text}");
+}
+
+/// A second daemon on a data directory in use exits 75 (retry), without touching it.
+#[test]
+fn locked_data_dir_exits_75() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = tokend()
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first daemon holds the store (its admin token is written after that).
+    for _ in 0..200 {
+        if dir.path().join("admin.token").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = tokend()
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
+}

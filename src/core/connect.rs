@@ -29,6 +29,21 @@ pub struct ConnectStart {
     pub state: String,
     /// When the pending consent expires (0: none pending).
     pub expires_at_ms: UnixMillis,
+    /// Device grant: what the user must do.
+    pub device: Option<DeviceInstructions>,
+}
+
+/// Device grant: where the user goes and what they type.
+#[derive(Debug, Clone)]
+pub struct DeviceInstructions {
+    /// Where the user goes.
+    pub verification_uri: String,
+    /// The same with the code filled in, where offered.
+    pub verification_uri_complete: String,
+    /// The code the user types.
+    pub user_code: String,
+    /// How often tokend polls.
+    pub interval: std::time::Duration,
 }
 
 /// What revocation at the provider did on disconnect.
@@ -54,6 +69,7 @@ impl Core {
     pub async fn connect(self: &Arc<Self>, name: &str) -> Result<ConnectStart, CoreError> {
         let (profile, before) = self.load(name)?;
         let settings = self.settings_of(&profile)?;
+        self.stop_device_poll(name);
         match profile::grant(&profile) {
             pb::Grant::ClientCredentials => {
                 let tokens = self.provider.client_credentials(&settings).await.map_err(CoreError::Provider)?;
@@ -64,11 +80,10 @@ impl Core {
                     authorization_url: String::new(),
                     state: String::new(),
                     expires_at_ms: 0,
+                    device: None,
                 })
             }
-            pb::Grant::DeviceCode => Err(CoreError::FailedPrecondition(
-                "the device authorization grant is not supported by this tokend yet; use authorization_code".into(),
-            )),
+            pb::Grant::DeviceCode => self.start_device(&profile, before, settings).await,
             _ => self.start_consent(&profile, before, &settings),
         }
     }
@@ -120,7 +135,125 @@ impl Core {
             authorization_url: start.url.to_string(),
             state,
             expires_at_ms: expires_at,
+            device: None,
         })
+    }
+
+    fn stop_device_poll(&self, name: &str) {
+        if let Some((_, poll)) = self.device_polls.remove(name) {
+            poll.cancel();
+        }
+    }
+
+    /// Starts a device authorization and a poller that finishes the connection when the user
+    /// approves. The device code lives only in the poller's memory: after a restart the consent
+    /// simply expires.
+    async fn start_device(
+        self: &Arc<Self>,
+        profile: &crate::store::ProfileRecord,
+        before: ConnectionRecord,
+        settings: crate::provider::ProviderSettings,
+    ) -> Result<ConnectStart, CoreError> {
+        let name = profile.name.clone();
+        let start = self.provider.device_authorization(&settings).await.map_err(|e| match e {
+            ProviderError::Config(m) => CoreError::FailedPrecondition(format!("profile {name:?}: {m}")),
+            other => CoreError::Provider(other),
+        })?;
+        let now = self.clock.now_ms();
+        let expires_at = now + start.expires_in.as_millis() as i64;
+        let key = rand::random::<[u8; 32]>().to_vec();
+        let consent = ConsentRecord {
+            profile: name.clone(),
+            pkce_verifier_sealed: Vec::new(),
+            redirect_uri: String::new(),
+            created_at_ms: now,
+            expires_at_ms: expires_at,
+            grant: pb::Grant::DeviceCode as i32,
+        };
+        let mut record = before.clone();
+        if before.access_token_sealed.is_empty() {
+            if status_of(&before) != pb::Status::Connecting {
+                record.status_before_consent = before.status;
+            }
+            record.status = pb::Status::Connecting as i32;
+        }
+        record.pending_consent = key.clone();
+        let write = ConnectionWrite {
+            name: name.clone(),
+            expected_version: before.version,
+            record,
+            put_consent: Some((key.clone(), consent)),
+            remove_consent: non_empty(&before.pending_consent),
+        };
+        let stored = self.write(&before, write, Kind::Updated)?;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        self.device_polls.insert(name.clone(), cancel.clone());
+        let core = Arc::clone(self);
+        let details = start.details;
+        let poll_name = name.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                result = core.provider.poll_device(&settings, &details) => {
+                    core.finish_device(&poll_name, &key, result).await;
+                }
+            }
+        });
+        tracing::info!(profile = %name, "device authorization started");
+        Ok(ConnectStart {
+            status: status_of(&stored),
+            authorization_url: String::new(),
+            state: String::new(),
+            expires_at_ms: expires_at,
+            device: Some(DeviceInstructions {
+                verification_uri: start.verification_uri,
+                verification_uri_complete: start.verification_uri_complete.unwrap_or_default(),
+                user_code: start.user_code,
+                interval: start.interval,
+            }),
+        })
+    }
+
+    /// Stores the outcome of a device poll, if its consent is still the pending one.
+    async fn finish_device(&self, name: &str, key: &[u8], result: Result<crate::provider::TokenSet, ProviderError>) {
+        self.device_polls.remove(name);
+        let Ok((profile, before)) = self.load(name) else { return };
+        if before.pending_consent != key {
+            return;
+        }
+        let outcome = match result {
+            Ok(tokens) => {
+                let extras = TokenWriteExtras { remove_consent: Some(key.to_vec()), connected: true };
+                self.store_tokens(&profile, before, tokens, extras, Kind::StatusChanged).await.map(|_| ())
+            }
+            Err(e) => {
+                let message = match &e {
+                    ProviderError::Rejected { error, .. } if error == "access_denied" => {
+                        "consent failed: the user denied the device authorization".to_owned()
+                    }
+                    ProviderError::Rejected { error, .. } if error == "expired_token" => {
+                        "consent failed: the user code expired before it was approved; Connect again".to_owned()
+                    }
+                    other => format!("consent failed: {other}"),
+                };
+                let mut claimed = before.clone();
+                claimed.pending_consent.clear();
+                let claim = ConnectionWrite {
+                    name: name.to_owned(),
+                    expected_version: before.version,
+                    record: claimed,
+                    put_consent: None,
+                    remove_consent: Some(key.to_vec()),
+                };
+                match self.store.write_connection(claim) {
+                    Ok(claimed) => self.fail_consent(name, claimed, message),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(profile = name, error = %e, "finishing a device authorization failed");
+        }
     }
 
     /// Finishes a consent from the provider's redirect: the code and state, or the error it
@@ -260,6 +393,7 @@ impl Core {
     /// else the access token), then deletes them even if revocation failed.
     pub async fn disconnect(self: &Arc<Self>, name: &str) -> Result<Revocation, CoreError> {
         let (profile, before) = self.load(name)?;
+        self.stop_device_poll(name);
         let revocation = self.revoke(&profile, &before).await;
         let mut record =
             ConnectionRecord { version: before.version, token_version: before.token_version, ..Default::default() };

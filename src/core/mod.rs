@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, broadcast};
 
 pub use cache::{HotToken, SlotState, TokenCache};
-pub use connect::{ConnectStart, Revocation};
+pub use connect::{ConnectStart, DeviceInstructions, Revocation};
 pub use error::CoreError;
 pub use schedule::RefreshPolicy;
 pub use scheduler::Scheduler;
@@ -71,6 +71,9 @@ pub struct Core {
     wake: Notify,
     /// Bounds refreshes running at once (scheduled and on-demand alike).
     refresh_permits: Semaphore,
+    /// Device-grant pollers by profile, cancelled on disconnect, deletion, a new Connect or
+    /// shutdown.
+    device_polls: dashmap::DashMap<String, tokio_util::sync::CancellationToken>,
 }
 
 impl std::fmt::Debug for Core {
@@ -102,6 +105,7 @@ impl Core {
             events,
             wake: Notify::new(),
             refresh_permits: Semaphore::new(permits),
+            device_polls: dashmap::DashMap::new(),
         })
     }
 
@@ -152,6 +156,14 @@ impl Core {
     /// The cached state of a profile (None: no such profile).
     pub fn cached(&self, name: &str) -> Option<Arc<SlotState>> {
         self.cache.get(name).map(|slot| slot.state.load_full())
+    }
+
+    /// Stops every background poller (device grants); for shutdown.
+    pub fn stop_background(&self) {
+        for poll in self.device_polls.iter() {
+            poll.value().cancel();
+        }
+        self.device_polls.clear();
     }
 
     /// Wakes the refresh scheduler to look at the index now (tests that move the clock use it).

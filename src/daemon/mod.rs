@@ -188,6 +188,7 @@ impl Daemon {
         self.ready.store(false, Ordering::Relaxed);
         self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         self.scheduler.shutdown().await;
+        self.core.stop_background();
         let drain = async {
             let _ = (&mut self.grpc_task).await;
             let _ = (&mut self.http_task).await;

@@ -120,17 +120,24 @@ impl ConnectedApps for ConnectedAppsService {
     async fn connect(&self, request: Request<pb::ConnectRequest>) -> Result<Response<pb::ConnectResponse>, Status> {
         caller(&request)?.require_admin()?;
         let name = request.into_inner().name;
-        let ConnectStart { status, authorization_url, state, expires_at_ms } =
+        let ConnectStart { status, authorization_url, state, expires_at_ms, device } =
             self.core.connect(&name).await.map_err(to_status)?;
         let profile = self.core.get_profile(&name).ok();
-        Ok(Response::new(pb::ConnectResponse {
+        let mut reply = pb::ConnectResponse {
             status: status as i32,
             authorization_url,
             state,
             expires_at: timestamp(expires_at_ms),
             profile,
             ..Default::default()
-        }))
+        };
+        if let Some(device) = device {
+            reply.verification_uri = device.verification_uri;
+            reply.verification_uri_complete = device.verification_uri_complete;
+            reply.user_code = device.user_code;
+            reply.interval = Some(prost_types::Duration { seconds: device.interval.as_secs() as i64, nanos: 0 });
+        }
+        Ok(Response::new(reply))
     }
 
     async fn complete_connect(

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use oauth2::RequestTokenError;
-use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType};
+use oauth2::basic::BasicErrorResponse;
 
 use super::http::{HttpError, ReplyMeta};
 
@@ -94,38 +94,44 @@ fn is_transient_status(status: u16) -> bool {
     status == 408 || status == 429 || status >= 500
 }
 
-fn from_error_response(err: &BasicErrorResponse, meta: &ReplyMeta) -> ProviderError {
-    let description = err.error_description().map(|d| sanitize(d));
-    let code = err.error().to_string();
-    match err.error() {
-        BasicErrorResponseType::InvalidGrant => ProviderError::InvalidGrant { description },
-        BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
-            ProviderError::InvalidClient { error: code, description }
+/// An OAuth error reply, by its code (RFC 6749 §5.2, RFC 8628 §3.5).
+fn from_error_code(code: &str, description: Option<&str>, meta: &ReplyMeta) -> ProviderError {
+    let description = description.map(sanitize);
+    match code {
+        "invalid_grant" => ProviderError::InvalidGrant { description },
+        "invalid_client" | "unauthorized_client" => {
+            ProviderError::InvalidClient { error: code.to_owned(), description }
         }
-        BasicErrorResponseType::Extension(ext)
-            if ext == "temporarily_unavailable" || ext == "server_error" || is_transient_status(meta.status) =>
-        {
-            ProviderError::Transient {
-                reason: format!("{}{}", sanitize(ext), describe(&description)),
-                retry_after: meta.retry_after,
-                // The provider answered that it did not do it.
-                maybe_sent: false,
-            }
-        }
+        "temporarily_unavailable" | "server_error" => ProviderError::Transient {
+            reason: format!("{}{}", sanitize(code), describe(&description)),
+            retry_after: meta.retry_after,
+            // The provider answered that it did not do it.
+            maybe_sent: false,
+        },
         _ if is_transient_status(meta.status) => ProviderError::Transient {
-            reason: format!("HTTP {} ({code})", meta.status),
+            reason: format!("HTTP {} ({})", meta.status, sanitize(code)),
             retry_after: meta.retry_after,
             maybe_sent: false,
         },
-        _ => ProviderError::Rejected { error: sanitize(&code), description },
+        _ => ProviderError::Rejected { error: sanitize(code), description },
     }
 }
 
+fn from_error_response<T>(err: &oauth2::StandardErrorResponse<T>, meta: &ReplyMeta) -> ProviderError
+where
+    T: oauth2::ErrorResponseType + std::fmt::Display + 'static,
+{
+    from_error_code(&err.error().to_string(), err.error_description().map(String::as_str), meta)
+}
+
 /// Sorts an oauth2 token-request failure, using the status and `Retry-After` it lost.
-pub(crate) fn classify(
-    err: RequestTokenError<HttpError, BasicErrorResponse>,
+pub(crate) fn classify<T>(
+    err: RequestTokenError<HttpError, oauth2::StandardErrorResponse<T>>,
     meta: Option<ReplyMeta>,
-) -> ProviderError {
+) -> ProviderError
+where
+    T: oauth2::ErrorResponseType + std::fmt::Display + 'static,
+{
     let meta = meta.unwrap_or_default();
     match err {
         RequestTokenError::Request(HttpError::TooLarge(limit)) => {

@@ -13,9 +13,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse};
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, Scope, StandardRevocableToken,
-    TokenResponse as _, TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, Scope,
+    StandardDeviceAuthorizationResponse, StandardRevocableToken, TokenResponse as _, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -136,6 +136,23 @@ pub struct AuthorizationStart {
     pub pkce_verifier: SecretString,
 }
 
+/// A started device authorization (RFC 8628): what the user must do, and what the poller needs.
+#[derive(Debug)]
+pub struct DeviceStart {
+    /// Where the user goes.
+    pub verification_uri: String,
+    /// The same, with the user code filled in, where the provider offers it.
+    pub verification_uri_complete: Option<String>,
+    /// The code the user types.
+    pub user_code: String,
+    /// How often to poll.
+    pub interval: Duration,
+    /// How long the codes stay valid.
+    pub expires_in: Duration,
+    /// The provider's reply, carrying the device code (secret), for polling.
+    pub details: StandardDeviceAuthorizationResponse,
+}
+
 /// The protocol client; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Provider {
@@ -196,6 +213,47 @@ impl Provider {
             .exchange_code(AuthorizationCode::new(code.expose_secret().to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose_secret().to_owned()))
             .request_async(&recorder)
+            .await;
+        result.map(|r| TokenSet::from_reply(&r)).map_err(|e| classify(e, recorder.meta()))
+    }
+
+    /// Starts a device authorization (RFC 8628 §3.1).
+    pub async fn device_authorization(&self, s: &ProviderSettings) -> Result<DeviceStart, ProviderError> {
+        let Some(url) = &s.device_authorization_endpoint else {
+            return Err(ProviderError::Config("the profile has no device_authorization_endpoint".into()));
+        };
+        let recorder = self.http.recording();
+        let client = self.client(s).set_device_authorization_url(DeviceAuthorizationUrl::from_url(url.clone()));
+        let result = client
+            .exchange_device_code()
+            .add_scopes(s.scopes.iter().cloned().map(Scope::new))
+            .request_async(&recorder)
+            .await;
+        let details: StandardDeviceAuthorizationResponse = result.map_err(|e| classify(e, recorder.meta()))?;
+        Ok(DeviceStart {
+            verification_uri: details.verification_uri().to_string(),
+            verification_uri_complete: details.verification_uri_complete().map(|u| u.secret().clone()),
+            user_code: details.user_code().secret().clone(),
+            interval: details.interval(),
+            expires_in: details.expires_in(),
+            details,
+        })
+    }
+
+    /// Polls the token endpoint until the user approves (tokens), denies or lets the code expire
+    /// (`Rejected` with `access_denied` / `expired_token`). `authorization_pending` keeps the
+    /// interval and `slow_down` adds 5 s (oauth2's poller). Dropping the future stops polling.
+    pub async fn poll_device(
+        &self,
+        s: &ProviderSettings,
+        details: &StandardDeviceAuthorizationResponse,
+    ) -> Result<TokenSet, ProviderError> {
+        let recorder = self.http.recording();
+        let client = self.client(s);
+        let result = client
+            .exchange_device_access_token(details)
+            .set_max_backoff_interval(Duration::from_secs(30))
+            .request_async(&recorder, tokio::time::sleep, Some(details.expires_in()))
             .await;
         result.map(|r| TokenSet::from_reply(&r)).map_err(|e| classify(e, recorder.meta()))
     }

@@ -1,5 +1,7 @@
 //! Integration tests: the real daemon in-process on 127.0.0.1 port 0, the generated gRPC client,
 //! and a scriptable fake provider.
+// Test code: a failed step should panic with its message, like a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

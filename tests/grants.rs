@@ -1,5 +1,7 @@
 //! Every way to connect: device authorization (RFC 8628) and client credentials, against the
 //! fake provider.
+// Test code: a failed step should panic with its message, like a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -84,3 +84,40 @@ fn locked_data_dir_exits_75() {
     assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"));
 }
+
+/// Under systemd (`NOTIFY_SOCKET`), tokend reports READY once serving, feeds the watchdog while
+/// the engine runs, and reports STOPPING on SIGTERM, then exits 0.
+#[cfg(unix)]
+#[test]
+fn systemd_notify_and_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut child = tokend()
+        .args(["--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut received = String::new();
+    let mut buf = [0u8; 4096];
+    while !(received.contains("READY=1") && received.contains("WATCHDOG=1")) {
+        let n = socket.recv(&mut buf).expect("a notification before the timeout");
+        received.push_str(&String::from_utf8_lossy(&buf[..n]));
+        received.push('\n');
+    }
+    assert!(received.contains("STATUS=serving 0 profiles"), "{received}");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    while !received.contains("STOPPING=1") {
+        let n = socket.recv(&mut buf).expect("STOPPING before the timeout");
+        received.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

@@ -2,6 +2,7 @@
 //! tests both call. Listeners are bound before anything is announced, so tests can ask for port 0.
 
 mod bootstrap;
+mod systemd;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -172,6 +173,8 @@ impl Daemon {
         });
         ready.store(true, Ordering::Relaxed);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, profiles = loaded, "tokend serving");
+        systemd::ready(&format!("serving {loaded} profiles; gRPC {grpc_addr}, HTTP {http_addr}"));
+        systemd::spawn_watchdog(Arc::clone(&scheduler.last_sweep_ms), Arc::clone(core.clock()), shutdown.clone());
         Ok(Self { grpc_addr, http_addr, core, shutdown, ready, health, scheduler, grpc_task, http_task })
     }
 
@@ -185,6 +188,7 @@ impl Daemon {
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
         tracing::info!("shutting down");
+        systemd::stopping();
         self.ready.store(false, Ordering::Relaxed);
         self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         self.scheduler.shutdown().await;

@@ -10,7 +10,8 @@ cd "$root"
 export PATH="$root/target/venv-tools/bin:$PATH"
 command -v grpcurl >/dev/null || { echo "smoke: grpcurl missing (scripts/test.sh installs it)" >&2; exit 1; }
 grpcurl -version 2>&1 | grep -q 'v1.8.6' || { echo "smoke: need grpcurl v1.8.6" >&2; exit 1; }
-cargo build -q --bin tokend
+# --all-targets: the same feature set as `cargo test`, so after the suite this builds nothing.
+cargo build -q --locked --all-targets
 tokend="$root/target/debug/tokend"
 
 for port in 50051 8085; do

@@ -50,6 +50,7 @@ async fn full_connection_cycle() {
     assert!(second.token_version > first.token_version);
     // A second refresh works with the rotated token: the first rotation was kept.
     apps.refresh_now(pb::RefreshNowRequest { name: "box-ops".into() }).await.expect("refresh with rotated token");
+    assert_eq!(provider.reuse_events(), 0);
 
     let reply =
         apps.disconnect(pb::DisconnectRequest { name: "box-ops".into() }).await.expect("disconnect").into_inner();
@@ -92,6 +93,7 @@ async fn single_flight() {
         seen.insert(token.access_token);
     }
     assert_eq!(provider.refresh_requests(), 1, "one refresh for all callers");
+    assert_eq!(provider.reuse_events(), 0, "no rotated token was presented twice");
     assert_eq!(seen.len(), 1, "every caller got the same token");
     assert_eq!(seen.iter().next(), provider.issued_access_tokens().last());
     daemon.stop().await;

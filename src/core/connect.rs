@@ -118,6 +118,8 @@ impl Core {
                 record.status_before_consent = before.status;
             }
             record.status = pb::Status::Connecting as i32;
+            // A new attempt: the last one's error no longer describes the connection.
+            record.last_error.clear();
         }
         record.pending_consent = key.clone();
         let write = ConnectionWrite {
@@ -176,6 +178,8 @@ impl Core {
                 record.status_before_consent = before.status;
             }
             record.status = pb::Status::Connecting as i32;
+            // A new attempt: the last one's error no longer describes the connection.
+            record.last_error.clear();
         }
         record.pending_consent = key.clone();
         let write = ConnectionWrite {

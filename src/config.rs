@@ -33,6 +33,10 @@ pub struct Config {
     pub consent: ConsentConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
     /// Who may call the gRPC API. Empty: a generated admin token in `<data_dir>/admin.token`.
     pub callers: Vec<CallerConfig>,
 }
@@ -137,6 +141,35 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// The audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How often token hand-out tallies are written, in seconds.
+    pub handout_interval_secs: u64,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Per-profile series (seconds until expiry) for at most this many profiles, by name order,
+    /// so 100k profiles do not mean 100k series.
+    pub max_profile_series: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { handout_interval_secs: 5 }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { max_profile_series: 100 }
+    }
+}
+
 /// A caller of the gRPC API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +197,8 @@ impl Default for Config {
             provider: ProviderConfig::default(),
             consent: ConsentConfig::default(),
             log: LogConfig::default(),
+            audit: AuditConfig::default(),
+            metrics: MetricsConfig::default(),
             callers: Vec::new(),
         }
     }
@@ -280,6 +315,9 @@ impl Config {
         }
         if !["auto", "text", "json"].contains(&self.log.format.as_str()) {
             return fail("log.format", "must be auto, text or json");
+        }
+        if self.audit.handout_interval_secs == 0 {
+            return fail("audit.handout_interval_secs", "must be positive");
         }
         if self.consent.ttl_secs == 0 {
             return fail("consent.ttl_secs", "must be positive");

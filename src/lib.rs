@@ -3,6 +3,8 @@
 //! The map of the crate, one module per part of the design (`DESIGN.md`):
 //! - [`config`]: the typed configuration and its layered sources (defaults, file, env, flags).
 //! - [`api`]: the generated `tokend.v1` contract and redacting `Debug` for secret-carrying messages.
+//! - [`audit`]: the audit trail: admin actions one by one, token hand-outs tallied and written
+//!   every few seconds.
 //! - [`clock`]: time and jitter as parameters, so tests drive expiry without sleeping.
 //! - [`crypto`]: the key ring that seals secrets at rest (XChaCha20-Poly1305, key ids, AAD).
 //! - [`telemetry`]: logging setup (text on a terminal, JSON otherwise).
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod core;

@@ -555,3 +555,55 @@ async fn watch_access_token_streams_rotations() {
     let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("ends in time");
     assert!(!matches!(end, Ok(Some(_))), "no more tokens after shutdown");
 }
+
+/// Metrics count refreshes and hand-outs and show each token's time to expiry; the audit trail
+/// records admin actions one by one and tallies hand-outs per caller and profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_audit() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start_with(|c| c.audit.handout_interval_secs = 1, None).await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "mail-audited", &provider).await;
+    apps.refresh_now(pb::RefreshNowRequest { name: "mail-audited".into() }).await.expect("refresh");
+    let mut tokens = daemon.tokens(CONSUMER).await;
+    for _ in 0..3 {
+        tokens.get_access_token(get_token("mail-audited", 60)).await.expect("token");
+    }
+    let denied = daemon.apps(VIEWER).await.disconnect(pb::DisconnectRequest { name: "mail-audited".into() }).await;
+    assert!(denied.is_err());
+
+    let base = format!("http://{}", daemon.daemon().http_addr);
+    let metrics = browser().get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("body");
+    for wanted in [
+        "tokend_refreshes_total{outcome=\"ok\"} 1",
+        "tokend_token_handouts_total 3",
+        "tokend_token_expires_in_seconds{profile=\"mail-audited\"} 3",
+        "tokend_status_changes_total{from=\"connecting\",to=\"connected\"} 1",
+        "tokend_refresh_duration_seconds_count 1",
+    ] {
+        assert!(metrics.contains(wanted), "{wanted} in:\n{metrics}");
+    }
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = String::from_utf8_lossy(&logs().lock().expect("logs")).into_owned();
+        let tallied = logs.lines().any(|l| {
+            l.contains("token hand-outs")
+                && l.contains("caller=mail-worker")
+                && l.contains("mail-audited")
+                && l.contains("count=3")
+        });
+        if tallied {
+            assert!(logs.lines().any(|l| l.contains("admin action")
+                && l.contains("action=\"RefreshNow\"")
+                && l.contains("caller=ops")));
+            assert!(logs.lines().any(|l| l.contains("admin action")
+                && l.contains("caller=dashboard")
+                && l.contains("outcome=\"error\"")));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "hand-out tally written within the interval");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await;
+}

@@ -109,6 +109,18 @@ impl TokenCache {
         counts
     }
 
+    /// (profile, expiry) of held tokens, the first `limit` by name.
+    pub fn token_expiries(&self, limit: usize) -> Vec<(String, UnixMillis)> {
+        let mut all: Vec<(String, UnixMillis)> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.state.load().token.as_ref().map(|t| (slot.key().clone(), t.expires_at_ms)))
+            .collect();
+        all.sort_unstable();
+        all.truncate(limit);
+        all
+    }
+
     /// Number of profiles cached.
     pub fn len(&self) -> usize {
         self.slots.len()

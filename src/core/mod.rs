@@ -74,6 +74,8 @@ pub struct Core {
     /// Device-grant pollers by profile, cancelled on disconnect, deletion, a new Connect or
     /// shutdown.
     device_polls: dashmap::DashMap<String, tokio_util::sync::CancellationToken>,
+    /// Counters for `/metrics`.
+    metrics: crate::metrics::EngineMetrics,
 }
 
 impl std::fmt::Debug for Core {
@@ -106,6 +108,7 @@ impl Core {
             wake: Notify::new(),
             refresh_permits: Semaphore::new(permits),
             device_polls: dashmap::DashMap::new(),
+            metrics: crate::metrics::EngineMetrics::default(),
         })
     }
 
@@ -146,6 +149,16 @@ impl Core {
     /// How many profiles are in each status (from the cache).
     pub fn status_counts(&self) -> std::collections::HashMap<pb::Status, usize> {
         self.cache.status_counts()
+    }
+
+    /// The engine's counters.
+    pub fn metrics(&self) -> &crate::metrics::EngineMetrics {
+        &self.metrics
+    }
+
+    /// (profile, expiry) of held tokens, the first `limit` by name.
+    pub fn token_expiries(&self, limit: usize) -> Vec<(String, i64)> {
+        self.cache.token_expiries(limit)
     }
 
     /// Subscribes to profile changes.
@@ -194,6 +207,11 @@ impl Core {
         };
         if previous != status {
             tracing::info!(profile = name, from = previous.as_str_name(), to = status.as_str_name(), "status changed");
+            let transition = crate::metrics::TransitionLabel {
+                from: crate::metrics::status_label(previous),
+                to: crate::metrics::status_label(status),
+            };
+            self.metrics.status_changes.get_or_create(&transition).inc();
         }
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(ProfileChange { name: name.to_owned(), kind, previous_status: previous, status });

@@ -108,7 +108,15 @@ impl Core {
             (None, pb::Grant::ClientCredentials) => self.provider.client_credentials(&settings).await,
             (None, _) => return Err(needs_reauthorization(name, &connection)),
         };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_millis() as u64;
+        self.metrics.refresh_seconds.observe(elapsed.as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if e.is_permanent() => "permanent",
+            Err(_) => "transient",
+        };
+        self.metrics.refreshes.get_or_create(&crate::metrics::OutcomeLabel { outcome }).inc();
         match result {
             Ok(tokens) => {
                 tracing::info!(profile = name, elapsed_ms, rotated = tokens.refresh_token.is_some(), "refreshed");

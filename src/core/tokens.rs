@@ -25,6 +25,7 @@ impl Core {
         if let Some(token) = &state.token
             && token.expires_at_ms - now >= min_ms
         {
+            self.metrics.handouts.inc();
             return Ok(token.clone());
         }
         let unexpired = |state: &super::SlotState, now: i64| state.token.clone().filter(|t| t.expires_at_ms > now);
@@ -55,6 +56,7 @@ impl Core {
         let now = self.clock.now_ms();
         let state = slot.state.load();
         if let Some(token) = unexpired(&state, now) {
+            self.metrics.handouts.inc();
             return Ok(token);
         }
         match outcome {

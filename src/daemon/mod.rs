@@ -153,6 +153,12 @@ impl Daemon {
             crate::grpc::routes(Arc::clone(&core), &callers, config.grpc.max_message_bytes, shutdown.clone())
                 .await
                 .map_err(|e| StartError::Config(format!("gRPC services: {e}")))?;
+        crate::audit::spawn_handout_writer(
+            callers.clone(),
+            Arc::clone(core.clock()),
+            Duration::from_secs(config.audit.handout_interval_secs),
+            shutdown.clone(),
+        );
         let grpc_shutdown = shutdown.clone();
         let grpc_task = tokio::spawn(
             tonic::transport::Server::builder()
@@ -163,7 +169,8 @@ impl Daemon {
                 }),
         );
         let ready = Arc::new(AtomicBool::new(false));
-        let metrics = Arc::new(Metrics::new(Arc::clone(&scheduler.last_sweep_ms)));
+        let metrics =
+            Arc::new(Metrics::new(&core, Arc::clone(&scheduler.last_sweep_ms), config.metrics.max_profile_series));
         let http_state = crate::http::HttpState { core: Arc::clone(&core), ready: Arc::clone(&ready), metrics };
         let http_shutdown = shutdown.clone();
         let http_task = tokio::spawn(async move {

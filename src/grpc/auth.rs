@@ -23,13 +23,15 @@ pub enum Role {
 }
 
 /// An authenticated caller.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Caller {
     /// Its configured name, for logs and audit.
     pub name: String,
     /// Its role.
     pub role: Role,
     profiles: GlobSet,
+    /// Its token hand-outs since the audit writer last ran.
+    pub handouts: crate::audit::HandoutTallies,
 }
 
 impl Caller {
@@ -96,10 +98,18 @@ impl Callers {
             }
             let Ok(profiles) = globs.build() else { continue };
             if ok {
-                by_hash.insert(hash, Arc::new(Caller { name: config.name.clone(), role, profiles }));
+                by_hash.insert(
+                    hash,
+                    Arc::new(Caller { name: config.name.clone(), role, profiles, handouts: Default::default() }),
+                );
             }
         }
         Self { by_hash: Arc::new(by_hash) }
+    }
+
+    /// Every caller.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Caller>> {
+        self.by_hash.values()
     }
 
     /// The caller presenting `token`. Lookup is by the token's SHA-256, so the time taken does

@@ -70,35 +70,130 @@ fn parse_redirect(url: &str) -> Result<Redirect, Status> {
     Ok(Redirect { state, code, error: error.map(|e| (e, description)) })
 }
 
+// === impl ConnectedAppsService: the admin operations, audited by the trait methods below ===
+
+impl ConnectedAppsService {
+    async fn create(&self, request: pb::CreateProfileRequest) -> Result<pb::Profile, Status> {
+        let profile = request.profile.ok_or_else(|| Status::invalid_argument("profile: required"))?;
+        self.core.create_profile(&profile).map_err(to_status)
+    }
+
+    async fn update(&self, request: pb::UpdateProfileRequest) -> Result<pb::Profile, Status> {
+        let profile = request.profile.ok_or_else(|| Status::invalid_argument("profile: required"))?;
+        self.core.update_profile(&profile, request.update_mask.as_ref()).map_err(to_status)
+    }
+
+    async fn delete(&self, request: pb::DeleteProfileRequest) -> Result<pb::DeleteProfileResponse, Status> {
+        let revocation = self.core.delete_profile(&request.name).await.map_err(to_status)?;
+        Ok(pb::DeleteProfileResponse { disconnect: Some(disconnect_reply(revocation, None)) })
+    }
+
+    async fn start_connect(&self, request: pb::ConnectRequest) -> Result<pb::ConnectResponse, Status> {
+        let name = request.name;
+        let ConnectStart { status, authorization_url, state, expires_at_ms, device } =
+            self.core.connect(&name).await.map_err(to_status)?;
+        let profile = self.core.get_profile(&name).ok();
+        let mut reply = pb::ConnectResponse {
+            status: status as i32,
+            authorization_url,
+            state,
+            expires_at: timestamp(expires_at_ms),
+            profile,
+            ..Default::default()
+        };
+        if let Some(device) = device {
+            reply.verification_uri = device.verification_uri;
+            reply.verification_uri_complete = device.verification_uri_complete;
+            reply.user_code = device.user_code;
+            reply.interval = Some(prost_types::Duration { seconds: device.interval.as_secs() as i64, nanos: 0 });
+        }
+        Ok(reply)
+    }
+
+    async fn complete(&self, request: pb::CompleteConnectRequest) -> Result<pb::CompleteConnectResponse, Status> {
+        let Redirect { state, code, error } = if !request.redirect_url.is_empty() {
+            parse_redirect(&request.redirect_url)?
+        } else if !request.state.is_empty() && !request.code.is_empty() {
+            Redirect { state: request.state, code: Some(request.code), error: None }
+        } else {
+            return Err(Status::invalid_argument("redirect_url, or code and state: required"));
+        };
+        let name = self
+            .core
+            .complete_consent(&state, code.map(secrecy::SecretString::from), error)
+            .await
+            .map_err(to_status)?;
+        let profile = self.core.get_profile(&name).map_err(to_status)?;
+        Ok(pb::CompleteConnectResponse { profile: Some(profile) })
+    }
+
+    async fn disconnect_profile(&self, request: pb::DisconnectRequest) -> Result<pb::DisconnectResponse, Status> {
+        let name = request.name;
+        crate::profile::validate_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let revocation = self.core.disconnect(&name).await.map_err(to_status)?;
+        let profile = self.core.get_profile(&name).ok();
+        Ok(disconnect_reply(revocation, profile))
+    }
+
+    async fn refresh(&self, request: pb::RefreshNowRequest) -> Result<pb::RefreshNowResponse, Status> {
+        let name = request.name;
+        crate::profile::validate_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.core.get_profile(&name).map_err(to_status)?;
+        if let Err(e) = self.core.refresh_shared(&name).await {
+            return Err(to_status(
+                Arc::try_unwrap(e).unwrap_or_else(|e| crate::core::CoreError::Unavailable(e.to_string())),
+            ));
+        }
+        let profile = self.core.get_profile(&name).map_err(to_status)?;
+        Ok(pb::RefreshNowResponse { profile: Some(profile) })
+    }
+}
+
+/// Runs an admin operation for an authenticated admin and writes its audit record (refusals
+/// included).
+async fn audited<R, T, Fut>(
+    request: Request<R>,
+    action: &str,
+    profile: impl FnOnce(&R) -> String,
+    operation: impl FnOnce(R) -> Fut,
+) -> Result<Response<T>, Status>
+where
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let caller = caller(&request)?;
+    let request = request.into_inner();
+    let name = profile(&request);
+    let result = match caller.require_admin() {
+        Ok(()) => operation(request).await,
+        Err(denied) => Err(denied),
+    };
+    crate::audit::admin_action(&caller, action, &name, result.as_ref().map(|_| ()));
+    result.map(Response::new)
+}
+
 #[tonic::async_trait]
 impl ConnectedApps for ConnectedAppsService {
     async fn create_profile(
         &self,
         request: Request<pb::CreateProfileRequest>,
     ) -> Result<Response<pb::Profile>, Status> {
-        caller(&request)?.require_admin()?;
-        let profile = request.into_inner().profile.ok_or_else(|| Status::invalid_argument("profile: required"))?;
-        self.core.create_profile(&profile).map(Response::new).map_err(to_status)
+        let name = |r: &pb::CreateProfileRequest| r.profile.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+        audited(request, "CreateProfile", name, |r| self.create(r)).await
     }
 
     async fn update_profile(
         &self,
         request: Request<pb::UpdateProfileRequest>,
     ) -> Result<Response<pb::Profile>, Status> {
-        caller(&request)?.require_admin()?;
-        let request = request.into_inner();
-        let profile = request.profile.ok_or_else(|| Status::invalid_argument("profile: required"))?;
-        self.core.update_profile(&profile, request.update_mask.as_ref()).map(Response::new).map_err(to_status)
+        let name = |r: &pb::UpdateProfileRequest| r.profile.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+        audited(request, "UpdateProfile", name, |r| self.update(r)).await
     }
 
     async fn delete_profile(
         &self,
         request: Request<pb::DeleteProfileRequest>,
     ) -> Result<Response<pb::DeleteProfileResponse>, Status> {
-        caller(&request)?.require_admin()?;
-        let name = request.into_inner().name;
-        let revocation = self.core.delete_profile(&name).await.map_err(to_status)?;
-        Ok(Response::new(pb::DeleteProfileResponse { disconnect: Some(disconnect_reply(revocation, None)) }))
+        audited(request, "DeleteProfile", |r| r.name.clone(), |r| self.delete(r)).await
     }
 
     async fn get_profile(&self, request: Request<pb::GetProfileRequest>) -> Result<Response<pb::Profile>, Status> {
@@ -118,77 +213,29 @@ impl ConnectedApps for ConnectedAppsService {
     }
 
     async fn connect(&self, request: Request<pb::ConnectRequest>) -> Result<Response<pb::ConnectResponse>, Status> {
-        caller(&request)?.require_admin()?;
-        let name = request.into_inner().name;
-        let ConnectStart { status, authorization_url, state, expires_at_ms, device } =
-            self.core.connect(&name).await.map_err(to_status)?;
-        let profile = self.core.get_profile(&name).ok();
-        let mut reply = pb::ConnectResponse {
-            status: status as i32,
-            authorization_url,
-            state,
-            expires_at: timestamp(expires_at_ms),
-            profile,
-            ..Default::default()
-        };
-        if let Some(device) = device {
-            reply.verification_uri = device.verification_uri;
-            reply.verification_uri_complete = device.verification_uri_complete;
-            reply.user_code = device.user_code;
-            reply.interval = Some(prost_types::Duration { seconds: device.interval.as_secs() as i64, nanos: 0 });
-        }
-        Ok(Response::new(reply))
+        audited(request, "Connect", |r| r.name.clone(), |r| self.start_connect(r)).await
     }
 
     async fn complete_connect(
         &self,
         request: Request<pb::CompleteConnectRequest>,
     ) -> Result<Response<pb::CompleteConnectResponse>, Status> {
-        caller(&request)?.require_admin()?;
-        let request = request.into_inner();
-        let Redirect { state, code, error } = if !request.redirect_url.is_empty() {
-            parse_redirect(&request.redirect_url)?
-        } else if !request.state.is_empty() && !request.code.is_empty() {
-            Redirect { state: request.state, code: Some(request.code), error: None }
-        } else {
-            return Err(Status::invalid_argument("redirect_url, or code and state: required"));
-        };
-        let name = self
-            .core
-            .complete_consent(&state, code.map(secrecy::SecretString::from), error)
-            .await
-            .map_err(to_status)?;
-        let profile = self.core.get_profile(&name).map_err(to_status)?;
-        Ok(Response::new(pb::CompleteConnectResponse { profile: Some(profile) }))
+        // The profile is known only once the state is looked up; the record names the outcome.
+        audited(request, "CompleteConnect", |_| String::new(), |r| self.complete(r)).await
     }
 
     async fn disconnect(
         &self,
         request: Request<pb::DisconnectRequest>,
     ) -> Result<Response<pb::DisconnectResponse>, Status> {
-        caller(&request)?.require_admin()?;
-        let name = request.into_inner().name;
-        crate::profile::validate_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let revocation = self.core.disconnect(&name).await.map_err(to_status)?;
-        let profile = self.core.get_profile(&name).ok();
-        Ok(Response::new(disconnect_reply(revocation, profile)))
+        audited(request, "Disconnect", |r| r.name.clone(), |r| self.disconnect_profile(r)).await
     }
 
     async fn refresh_now(
         &self,
         request: Request<pb::RefreshNowRequest>,
     ) -> Result<Response<pb::RefreshNowResponse>, Status> {
-        caller(&request)?.require_admin()?;
-        let name = request.into_inner().name;
-        crate::profile::validate_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.core.get_profile(&name).map_err(to_status)?;
-        if let Err(e) = self.core.refresh_shared(&name).await {
-            return Err(to_status(
-                Arc::try_unwrap(e).unwrap_or_else(|e| crate::core::CoreError::Unavailable(e.to_string())),
-            ));
-        }
-        let profile = self.core.get_profile(&name).map_err(to_status)?;
-        Ok(Response::new(pb::RefreshNowResponse { profile: Some(profile) }))
+        audited(request, "RefreshNow", |r| r.name.clone(), |r| self.refresh(r)).await
     }
 
     type WatchProfilesStream = Pin<Box<dyn Stream<Item = Result<pb::ProfileEvent, Status>> + Send>>;

@@ -64,6 +64,7 @@ impl Tokens for TokensService {
         caller.require_token(&request.name)?;
         let min = min_valid_for(request.min_valid_for.as_ref())?;
         let token = self.core.access_token(&request.name, min).await.map_err(to_status)?;
+        caller.handouts.record(&request.name, self.core.clock().now_ms(), token.token_version);
         Ok(Response::new(reply(&request.name, &token)))
     }
 
@@ -81,6 +82,7 @@ impl Tokens for TokensService {
         // Subscribe first, so a refresh between the first answer and the subscription is seen.
         let changes = BroadcastStream::new(self.core.subscribe());
         let first = self.core.access_token(&name, min).await.map_err(to_status)?;
+        caller.handouts.record(&name, self.core.clock().now_ms(), first.token_version);
         let mut last_version = first.token_version;
         let core = Arc::clone(&self.core);
         let shutdown = self.shutdown.clone();
@@ -100,6 +102,7 @@ impl Tokens for TokensService {
                     return None;
                 }
                 last_version = token.token_version;
+                caller.handouts.record(&stream_name, core.clock().now_ms(), token.token_version);
                 Some(Ok(reply(&stream_name, token)))
             }),
             async move { shutdown.cancelled().await },

@@ -1,0 +1,117 @@
+//! The audit trail, as `tracing` events with target `audit` (so operators can route them apart).
+//! Admin actions are one record each. Token hand-outs are tallied per caller and profile in
+//! memory (two atomic updates on the hot path, no I/O) and written every few seconds: count,
+//! first and last time, and the token version handed out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, UnixMillis};
+use crate::grpc::auth::{Caller, Callers};
+
+/// Hand-outs of one profile's tokens to one caller since the last write.
+#[derive(Debug, Default)]
+struct Tally {
+    count: AtomicU64,
+    first_ms: AtomicI64,
+    last_ms: AtomicI64,
+    token_version: AtomicU64,
+}
+
+/// One caller's hand-out tallies, by profile.
+#[derive(Debug, Default)]
+pub struct HandoutTallies {
+    by_profile: DashMap<String, Arc<Tally>>,
+}
+
+impl HandoutTallies {
+    /// Counts one hand-out. Allocates only the first time a caller gets a profile's token.
+    pub fn record(&self, profile: &str, now: UnixMillis, token_version: u64) {
+        let tally = match self.by_profile.get(profile) {
+            Some(tally) => Arc::clone(&tally),
+            None => Arc::clone(&self.by_profile.entry(profile.to_owned()).or_default()),
+        };
+        if tally.count.fetch_add(1, Ordering::Relaxed) == 0 {
+            tally.first_ms.store(now, Ordering::Relaxed);
+        }
+        tally.last_ms.store(now, Ordering::Relaxed);
+        tally.token_version.store(token_version, Ordering::Relaxed);
+    }
+
+    /// Takes the tallies gathered since the last call: (profile, count, first, last, version).
+    fn drain(&self) -> Vec<(String, u64, UnixMillis, UnixMillis, u64)> {
+        let mut out = Vec::new();
+        for entry in self.by_profile.iter() {
+            let tally = entry.value();
+            let count = tally.count.swap(0, Ordering::Relaxed);
+            if count > 0 {
+                out.push((
+                    entry.key().clone(),
+                    count,
+                    tally.first_ms.load(Ordering::Relaxed),
+                    tally.last_ms.load(Ordering::Relaxed),
+                    tally.token_version.load(Ordering::Relaxed),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Writes one admin action.
+pub fn admin_action(caller: &Caller, action: &str, profile: &str, outcome: Result<(), &tonic::Status>) {
+    match outcome {
+        Ok(()) => {
+            tracing::info!(target: "audit", caller = %caller.name, action, profile, outcome = "ok", "admin action")
+        }
+        Err(status) => tracing::info!(
+            target: "audit",
+            caller = %caller.name,
+            action,
+            profile,
+            outcome = "error",
+            code = ?status.code(),
+            "admin action"
+        ),
+    }
+}
+
+/// Writes the hand-out tallies of every caller every `every`, and once more at shutdown.
+pub fn spawn_handout_writer(callers: Callers, clock: Arc<dyn Clock>, every: Duration, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.tick().await;
+        loop {
+            let stop = tokio::select! {
+                _ = shutdown.cancelled() => true,
+                _ = ticker.tick() => false,
+            };
+            write_handouts(&callers, clock.now_ms());
+            if stop {
+                return;
+            }
+        }
+    });
+}
+
+/// Writes and resets the tallies gathered so far.
+pub fn write_handouts(callers: &Callers, _now: UnixMillis) {
+    for caller in callers.all() {
+        for (profile, count, first_ms, last_ms, token_version) in caller.handouts.drain() {
+            tracing::info!(
+                target: "audit",
+                caller = %caller.name,
+                profile,
+                count,
+                first_ms,
+                last_ms,
+                token_version,
+                "token hand-outs"
+            );
+        }
+    }
+}

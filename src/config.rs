@@ -291,6 +291,15 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses and validates a TOML configuration text alone (no environment, no flags); for
+    /// tools and fuzzing.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks values serde cannot: ranges, enums, cron syntax.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let r = &self.refresh;

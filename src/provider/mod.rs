@@ -116,6 +116,14 @@ impl TokenSet {
     }
 }
 
+/// Parses a successful token endpoint reply body the way tokend does (lenient rules, secrets
+/// wrapped); for tools and fuzzing. Errors never echo the body.
+pub fn parse_token_reply(body: &[u8]) -> Result<TokenSet, ProviderError> {
+    serde_json::from_slice::<LenientTokenResponse>(body).map(|reply| TokenSet::from_reply(&reply)).map_err(|e| {
+        ProviderError::BadReply { status: 200, reason: format!("not a usable token reply ({:?})", e.classify()) }
+    })
+}
+
 /// The display name of whoever consented, from an ID token's claims. The token is not verified:
 /// the value is only shown to admins, never used for access decisions.
 fn account_from_id_token(jwt: &str) -> Option<String> {

@@ -100,7 +100,7 @@ pub fn spawn_handout_writer(callers: Callers, clock: Arc<dyn Clock>, every: Dura
 
 /// Writes and resets the tallies gathered so far.
 pub fn write_handouts(callers: &Callers, _now: UnixMillis) {
-    for caller in callers.all() {
+    for caller in &callers.all() {
         for (profile, count, first_ms, last_ms, token_version) in caller.handouts.drain() {
             tracing::info!(
                 target: "audit",

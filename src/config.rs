@@ -49,8 +49,35 @@ pub struct GrpcConfig {
     pub listen: SocketAddr,
     /// Largest request or reply message, in bytes.
     pub max_message_bytes: usize,
-    /// Allow plain TCP on a non-loopback address.
+    /// Allow plain TCP (no TLS) on a non-loopback address.
     pub allow_insecure_non_loopback: bool,
+    /// TLS on the gRPC listener (off when `cert_file` is empty).
+    pub tls: TlsConfig,
+    /// A Unix-domain socket to serve gRPC on as well (off when empty), for workers on the same
+    /// host. Its peers' uid may identify them (`callers[].unix_uid`).
+    pub unix_socket: PathBuf,
+    /// File mode of the Unix socket (e.g. `0o660`).
+    pub unix_socket_mode: u32,
+}
+
+/// TLS on the gRPC listener, from PEM files; reloaded on SIGHUP without dropping connections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM). Setting it turns TLS on.
+    pub cert_file: PathBuf,
+    /// Private key (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that sign client certificates; setting it enables client
+    /// certificate authentication (optional per connection; `callers[].cert_dns_name`).
+    pub client_ca_file: PathBuf,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
 }
 
 /// The HTTP listener.
@@ -178,8 +205,15 @@ pub struct CallerConfig {
     pub name: String,
     /// `admin`, `viewer` or `consumer`.
     pub role: String,
-    /// Hex SHA-256 of the caller's bearer token (`tokend hash-token` prints it).
+    /// Hex SHA-256 of the caller's bearer token (`tokend mint-token` prints it).
+    #[serde(default)]
     pub token_sha256: String,
+    /// A DNS name in the subject alternative names of the caller's TLS client certificate.
+    #[serde(default)]
+    pub cert_dns_name: String,
+    /// The uid of the caller's process on the Unix socket.
+    #[serde(default)]
+    pub unix_uid: Option<u32>,
     /// Consumers: glob patterns of the profiles they may get tokens for.
     #[serde(default)]
     pub profiles: Vec<String>,
@@ -210,6 +244,9 @@ impl Default for GrpcConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             max_message_bytes: 1024 * 1024,
             allow_insecure_non_loopback: false,
+            tls: TlsConfig::default(),
+            unix_socket: PathBuf::new(),
+            unix_socket_mode: 0o660,
         }
     }
 }
@@ -331,11 +368,21 @@ impl Config {
         if self.consent.ttl_secs == 0 {
             return fail("consent.ttl_secs", "must be positive");
         }
-        if !self.grpc.listen.ip().is_loopback() && !self.grpc.allow_insecure_non_loopback {
+        if !self.grpc.listen.ip().is_loopback() && !self.grpc.tls.enabled() && !self.grpc.allow_insecure_non_loopback {
             return fail(
                 "grpc.listen",
-                "plain TCP on a non-loopback address; set grpc.allow_insecure_non_loopback = true to accept that risk",
+                "plain TCP on a non-loopback address; configure grpc.tls, or set grpc.allow_insecure_non_loopback = true to accept that risk",
             );
+        }
+        let tls = &self.grpc.tls;
+        if tls.enabled() && tls.key_file.as_os_str().is_empty() {
+            return fail("grpc.tls.key_file", "required with grpc.tls.cert_file");
+        }
+        if !tls.enabled() && !(tls.key_file.as_os_str().is_empty() && tls.client_ca_file.as_os_str().is_empty()) {
+            return fail("grpc.tls.cert_file", "required with grpc.tls.key_file or grpc.tls.client_ca_file");
+        }
+        if self.grpc.unix_socket_mode > 0o777 {
+            return fail("grpc.unix_socket_mode", "must be a file mode such as 0o660");
         }
         if !self.http.callback_url.is_empty() {
             crate::provider::parse_endpoint("http.callback_url", &self.http.callback_url, true).map_err(ConfigError)?;
@@ -344,8 +391,20 @@ impl Config {
             if !["admin", "viewer", "consumer"].contains(&caller.role.as_str()) {
                 return fail(&format!("callers[{i}].role"), "must be admin, viewer or consumer");
             }
-            if caller.token_sha256.len() != 64 || !caller.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let has_token = !caller.token_sha256.is_empty();
+            if has_token
+                && (caller.token_sha256.len() != 64 || !caller.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
                 return fail(&format!("callers[{i}].token_sha256"), "must be 64 hex digits (SHA-256)");
+            }
+            if !has_token && caller.cert_dns_name.is_empty() && caller.unix_uid.is_none() {
+                return fail(&format!("callers[{i}]"), "needs token_sha256, cert_dns_name or unix_uid");
+            }
+            if !caller.cert_dns_name.is_empty() && self.grpc.tls.client_ca_file.as_os_str().is_empty() {
+                return fail(&format!("callers[{i}].cert_dns_name"), "needs grpc.tls.client_ca_file");
+            }
+            if caller.unix_uid.is_some() && self.grpc.unix_socket.as_os_str().is_empty() {
+                return fail(&format!("callers[{i}].unix_uid"), "needs grpc.unix_socket");
             }
             for pattern in &caller.profiles {
                 globset::Glob::new(pattern).map_err(|e| ConfigError(format!("callers[{i}].profiles: {e}")))?;

@@ -115,10 +115,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, cli))
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, cli: Cli) -> ExitCode {
     let daemon = match Daemon::start(config, StartOptions::default()).await {
         Ok(daemon) => daemon,
         Err(e) => {
@@ -132,8 +132,26 @@ async fn serve(config: Config) -> ExitCode {
         wait_for_signal().await;
         stop.cancel();
     });
+    spawn_reload_on_sighup(daemon.reload_handle(), cli);
     daemon.wait().await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP reloads the configuration file: callers and the TLS certificate change without a
+/// restart; a configuration that does not load is logged and changes nothing.
+fn spawn_reload_on_sighup(handle: tokend::daemon::ReloadHandle, cli: Cli) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
+        while hangup.recv().await.is_some() {
+            let result =
+                load_config(&cli).map_err(|e| e.to_string()).and_then(|c| handle.reload(&c).map_err(|e| e.to_string()));
+            if let Err(e) = result {
+                tracing::error!("reload refused, nothing changed: {e}");
+            }
+        }
+    });
 }
 
 async fn wait_for_signal() {

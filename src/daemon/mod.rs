@@ -2,6 +2,7 @@
 //! tests both call. Listeners are bound before anything is announced, so tests can ask for port 0.
 
 mod bootstrap;
+mod listeners;
 mod systemd;
 
 use std::net::SocketAddr;
@@ -9,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
@@ -78,13 +79,17 @@ pub struct Daemon {
     pub grpc_addr: SocketAddr,
     /// Where HTTP listens.
     pub http_addr: SocketAddr,
+    /// The Unix socket gRPC also listens on, if any.
+    pub unix_socket: Option<std::path::PathBuf>,
     /// The core, for tests that look inside.
     pub core: Arc<Core>,
+    callers: Callers,
+    tls: Option<crate::grpc::tls::SharedTlsConfig>,
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     health: tonic_health::server::HealthReporter,
     scheduler: Scheduler,
-    grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc_tasks: Vec<listeners::ServeTask>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -106,17 +111,16 @@ impl Daemon {
         ensure_data_dir(&config.data_dir)?;
         let store = Arc::new(bootstrap::open_store(&config)?);
         let keys = bootstrap::open_keys(&config, store.as_ref(), options.env_key)?;
-        let callers = if config.callers.is_empty() {
-            let hash = bootstrap::generated_admin(&config)?;
-            Callers::new(&[CallerConfig {
-                name: "generated-admin".into(),
-                role: "admin".into(),
-                token_sha256: hash,
-                profiles: vec![],
-            }])
-        } else {
-            Callers::new(&config.callers)
+        let callers = Callers::new(&caller_configs(&config)?);
+        let tls = match config.grpc.tls.enabled() {
+            true => Some(Arc::new(ArcSwap::from_pointee(
+                crate::grpc::tls::load(&config.grpc.tls).map_err(StartError::Config)?,
+            ))),
+            false => None,
         };
+        if !config.grpc.listen.ip().is_loopback() && tls.is_none() {
+            tracing::warn!(listen = %config.grpc.listen, "serving plain gRPC (no TLS) off loopback: bearer tokens travel in clear text");
+        }
         let grpc_listener = TcpListener::bind(config.grpc.listen)
             .await
             .map_err(|e| StartError::Listen(format!("gRPC on {}: {e}", config.grpc.listen)))?;
@@ -159,15 +163,12 @@ impl Daemon {
             Duration::from_secs(config.audit.handout_interval_secs),
             shutdown.clone(),
         );
-        let grpc_shutdown = shutdown.clone();
-        let grpc_task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                    grpc_shutdown.cancelled().await
-                }),
-        );
+        let mut grpc_tasks = vec![listeners::serve_tcp(routes.clone(), grpc_listener, tls.clone(), shutdown.clone())];
+        let unix_socket = (!config.grpc.unix_socket.as_os_str().is_empty()).then(|| config.grpc.unix_socket.clone());
+        if let Some(path) = &unix_socket {
+            let listener = listeners::bind_unix(path, config.grpc.unix_socket_mode)?;
+            grpc_tasks.push(listeners::serve_unix(routes, listener, path.clone(), shutdown.clone()));
+        }
         let ready = Arc::new(AtomicBool::new(false));
         let metrics =
             Arc::new(Metrics::new(&core, Arc::clone(&scheduler.last_sweep_ms), config.metrics.max_profile_series));
@@ -182,7 +183,25 @@ impl Daemon {
         tracing::info!(grpc = %grpc_addr, http = %http_addr, profiles = loaded, "tokend serving");
         systemd::ready(&format!("serving {loaded} profiles; gRPC {grpc_addr}, HTTP {http_addr}"));
         systemd::spawn_watchdog(Arc::clone(&scheduler.last_sweep_ms), Arc::clone(core.clock()), shutdown.clone());
-        Ok(Self { grpc_addr, http_addr, core, shutdown, ready, health, scheduler, grpc_task, http_task })
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            unix_socket,
+            core,
+            callers,
+            tls,
+            shutdown,
+            ready,
+            health,
+            scheduler,
+            grpc_tasks,
+            http_task,
+        })
+    }
+
+    /// A handle that applies reloaded configurations (SIGHUP) while the daemon runs.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle { callers: self.callers.clone(), tls: self.tls.clone(), core: Arc::clone(&self.core) }
     }
 
     /// A token that stops the daemon when cancelled.
@@ -201,12 +220,16 @@ impl Daemon {
         self.scheduler.shutdown().await;
         self.core.stop_background();
         let drain = async {
-            let _ = (&mut self.grpc_task).await;
+            for task in &mut self.grpc_tasks {
+                let _ = task.await;
+            }
             let _ = (&mut self.http_task).await;
         };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             tracing::warn!("connections did not close within {SHUTDOWN_GRACE:?}; stopping anyway");
-            self.grpc_task.abort();
+            for task in &self.grpc_tasks {
+                task.abort();
+            }
             self.http_task.abort();
         }
         let store = Arc::clone(self.core.store());
@@ -229,6 +252,50 @@ impl Daemon {
         self.shutdown.cancel();
         self.wait().await;
     }
+}
+
+/// Applies reloaded configurations to a running daemon.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    callers: Callers,
+    tls: Option<crate::grpc::tls::SharedTlsConfig>,
+    core: Arc<Core>,
+}
+
+impl ReloadHandle {
+    /// Applies what a reloaded configuration may change without a restart: the callers and the
+    /// TLS certificate. Hand-out tallies gathered so far are written first. Anything else in
+    /// the configuration takes a restart. On error nothing changes.
+    pub fn reload(&self, config: &Config) -> Result<(), StartError> {
+        let callers = caller_configs(config)?;
+        let tls = match (&self.tls, config.grpc.tls.enabled()) {
+            (Some(_), true) => Some(crate::grpc::tls::load(&config.grpc.tls).map_err(StartError::Config)?),
+            (None, false) => None,
+            _ => return Err(StartError::Config("turning TLS on or off takes a restart".into())),
+        };
+        crate::audit::write_handouts(&self.callers, self.core.clock().now_ms());
+        self.callers.replace(&callers);
+        if let (Some(shared), Some(tls)) = (&self.tls, tls) {
+            shared.store(Arc::new(tls));
+        }
+        tracing::info!(callers = callers.len(), tls = self.tls.is_some(), "configuration reloaded");
+        Ok(())
+    }
+}
+
+/// The configured callers, or the generated admin when there are none.
+fn caller_configs(config: &Config) -> Result<Vec<CallerConfig>, StartError> {
+    if !config.callers.is_empty() {
+        return Ok(config.callers.clone());
+    }
+    Ok(vec![CallerConfig {
+        name: "generated-admin".into(),
+        role: "admin".into(),
+        token_sha256: bootstrap::generated_admin(config)?,
+        cert_dns_name: String::new(),
+        unix_uid: None,
+        profiles: vec![],
+    }])
 }
 
 /// The core's settings; the default callback URL uses the bound HTTP address (port 0 in tests).

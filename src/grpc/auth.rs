@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
@@ -67,56 +68,129 @@ pub fn hash_token(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Every configured caller, by token hash.
+/// The callers, indexed by each way they can prove who they are.
+#[derive(Debug, Default)]
+struct Table {
+    by_hash: HashMap<[u8; 32], Arc<Caller>>,
+    by_dns_name: HashMap<String, Arc<Caller>>,
+    by_uid: HashMap<u32, Arc<Caller>>,
+}
+
+/// Every configured caller; swapped whole when the configuration is reloaded (SIGHUP).
 #[derive(Debug, Clone, Default)]
 pub struct Callers {
-    by_hash: Arc<HashMap<[u8; 32], Arc<Caller>>>,
+    table: Arc<ArcSwap<Table>>,
+}
+
+fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
+
+fn build(configs: &[CallerConfig]) -> Table {
+    let mut table = Table::default();
+    for config in configs {
+        let role = match config.role.as_str() {
+            "admin" => Role::Admin,
+            "viewer" => Role::Viewer,
+            "consumer" => Role::Consumer,
+            _ => continue,
+        };
+        let mut globs = GlobSetBuilder::new();
+        for pattern in &config.profiles {
+            if let Ok(glob) = Glob::new(pattern) {
+                globs.add(glob);
+            }
+        }
+        let Ok(profiles) = globs.build() else { continue };
+        let caller = Arc::new(Caller { name: config.name.clone(), role, profiles, handouts: Default::default() });
+        if let Some(hash) = parse_hash(&config.token_sha256) {
+            table.by_hash.insert(hash, Arc::clone(&caller));
+        }
+        if !config.cert_dns_name.is_empty() {
+            table.by_dns_name.insert(config.cert_dns_name.to_ascii_lowercase(), Arc::clone(&caller));
+        }
+        if let Some(uid) = config.unix_uid {
+            table.by_uid.insert(uid, caller);
+        }
+    }
+    table
 }
 
 impl Callers {
     /// Builds the table; the configuration was validated already, so bad entries are skipped.
     pub fn new(configs: &[CallerConfig]) -> Self {
-        let mut by_hash = HashMap::new();
-        for config in configs {
-            let mut hash = [0u8; 32];
-            let ok = (0..32).all(|i| {
-                u8::from_str_radix(config.token_sha256.get(2 * i..2 * i + 2).unwrap_or("x"), 16)
-                    .map(|b| hash[i] = b)
-                    .is_ok()
-            });
-            let role = match config.role.as_str() {
-                "admin" => Role::Admin,
-                "viewer" => Role::Viewer,
-                "consumer" => Role::Consumer,
-                _ => continue,
-            };
-            let mut globs = GlobSetBuilder::new();
-            for pattern in &config.profiles {
-                if let Ok(glob) = Glob::new(pattern) {
-                    globs.add(glob);
-                }
-            }
-            let Ok(profiles) = globs.build() else { continue };
-            if ok {
-                by_hash.insert(
-                    hash,
-                    Arc::new(Caller { name: config.name.clone(), role, profiles, handouts: Default::default() }),
-                );
-            }
-        }
-        Self { by_hash: Arc::new(by_hash) }
+        Self { table: Arc::new(ArcSwap::from_pointee(build(configs))) }
     }
 
-    /// Every caller.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Caller>> {
-        self.by_hash.values()
+    /// Replaces every caller (a reloaded configuration); requests in progress keep theirs.
+    pub fn replace(&self, configs: &[CallerConfig]) {
+        self.table.store(Arc::new(build(configs)));
+    }
+
+    /// Every caller, however it authenticates.
+    pub fn all(&self) -> Vec<Arc<Caller>> {
+        let table = self.table.load();
+        let mut all: Vec<Arc<Caller>> =
+            table.by_hash.values().chain(table.by_dns_name.values()).chain(table.by_uid.values()).cloned().collect();
+        all.sort_by(|a, b| Arc::as_ptr(a).cmp(&Arc::as_ptr(b)));
+        all.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        all
     }
 
     /// The caller presenting `token`. Lookup is by the token's SHA-256, so the time taken does
     /// not depend on how much of a guessed token is right.
     pub fn authenticate(&self, token: &str) -> Option<Arc<Caller>> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.by_hash.get(&digest).cloned()
+        self.table.load().by_hash.get(&digest).cloned()
+    }
+
+    /// The caller whose TLS client certificate (already verified against the client CA by the
+    /// handshake) names one of our callers' DNS names.
+    fn by_certificate(&self, certs: &[rustls::pki_types::CertificateDer<'static>]) -> Option<Arc<Caller>> {
+        let leaf = certs.first()?;
+        let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+        let table = self.table.load();
+        cert.valid_dns_names().find_map(|name| table.by_dns_name.get(&name.to_ascii_lowercase()).cloned())
+    }
+
+    /// The caller whose process uid is on the other end of the Unix socket.
+    fn by_uid(&self, uid: u32) -> Option<Arc<Caller>> {
+        self.table.load().by_uid.get(&uid).cloned()
+    }
+
+    /// Who is calling: a bearer token if one is presented (a wrong one is refused even on a
+    /// trusted socket), else the TLS client certificate, else the Unix socket peer's uid.
+    fn identify<T>(&self, request: &Request<T>) -> Result<Arc<Caller>, Status> {
+        if let Some(header) = request.metadata().get("authorization") {
+            let value = header.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
+            let token = value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+                .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
+            return self.authenticate(token.trim()).ok_or_else(|| {
+                tracing::warn!(peer = ?request.remote_addr(), "rejected an unknown bearer token");
+                Status::unauthenticated("unknown bearer token")
+            });
+        }
+        if let Some(certs) = request.peer_certs() {
+            return self.by_certificate(&certs).ok_or_else(|| {
+                tracing::warn!(peer = ?request.remote_addr(), "rejected a client certificate naming no caller");
+                Status::unauthenticated("the client certificate names no configured caller")
+            });
+        }
+        let uid = request
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .map(|cred| cred.uid());
+        if let Some(caller) = uid.and_then(|uid| self.by_uid(uid)) {
+            return Ok(caller);
+        }
+        Err(Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))
     }
 
     /// The gRPC interceptor: attaches the caller or answers `UNAUTHENTICATED`.
@@ -125,19 +199,7 @@ impl Callers {
     ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
         let callers = self.clone();
         move |mut request: Request<()>| {
-            let header = request
-                .metadata()
-                .get("authorization")
-                .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))?;
-            let value = header.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
-            let token = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-                .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
-            let caller = callers.authenticate(token.trim()).ok_or_else(|| {
-                tracing::warn!(peer = ?request.remote_addr(), "rejected an unknown bearer token");
-                Status::unauthenticated("unknown bearer token")
-            })?;
+            let caller = callers.identify(&request)?;
             request.extensions_mut().insert(caller);
             Ok(request)
         }
@@ -158,6 +220,8 @@ mod tests {
             name: format!("{role}-caller"),
             role: role.into(),
             token_sha256: hash_token(token),
+            cert_dns_name: String::new(),
+            unix_uid: None,
             profiles: profiles.iter().map(|s| (*s).to_owned()).collect(),
         }
     }

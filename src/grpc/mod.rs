@@ -5,6 +5,7 @@
 pub mod auth;
 mod connected_apps;
 mod status;
+pub mod tls;
 mod tokens;
 
 use std::sync::Arc;

@@ -85,6 +85,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         name: name.into(),
         role: role.into(),
         token_sha256: tokend::grpc::auth::hash_token(token),
+        cert_dns_name: String::new(),
+        unix_uid: None,
         profiles: profiles.iter().map(|s| (*s).to_owned()).collect(),
     };
     config.callers = vec![

@@ -378,7 +378,8 @@ impl Config {
         if tls.enabled() && tls.key_file.as_os_str().is_empty() {
             return fail("grpc.tls.key_file", "required with grpc.tls.cert_file");
         }
-        if !tls.enabled() && !(tls.key_file.as_os_str().is_empty() && tls.client_ca_file.as_os_str().is_empty()) {
+        let tls_parts_without_cert = !tls.key_file.as_os_str().is_empty() || !tls.client_ca_file.as_os_str().is_empty();
+        if !tls.enabled() && tls_parts_without_cert {
             return fail("grpc.tls.cert_file", "required with grpc.tls.key_file or grpc.tls.client_ca_file");
         }
         if self.grpc.unix_socket_mode > 0o777 {

@@ -132,6 +132,10 @@ pub struct RefreshConfig {
     pub backoff_max_secs: u64,
     /// Refreshes running at once.
     pub max_concurrent: usize,
+    /// Token requests per second to one provider (by token endpoint host).
+    pub provider_rate_per_sec: f64,
+    /// Requests one provider may get in a burst.
+    pub provider_burst: u32,
     /// Cron expression (with seconds) of the safety-net sweep.
     pub sweep_cron: String,
 }
@@ -274,6 +278,8 @@ impl Default for RefreshConfig {
             backoff_initial_secs: 5,
             backoff_max_secs: 300,
             max_concurrent: 16,
+            provider_rate_per_sec: 50.0,
+            provider_burst: 20,
             sweep_cron: "*/10 * * * * *".into(),
         }
     }
@@ -349,6 +355,9 @@ impl Config {
         }
         if r.default_lifetime_secs == 0 {
             return fail("refresh.default_lifetime_secs", "must be positive");
+        }
+        if !(r.provider_rate_per_sec > 0.0) || r.provider_burst == 0 {
+            return fail("refresh.provider_rate_per_sec", "rate and refresh.provider_burst must be positive");
         }
         if r.max_concurrent == 0 {
             return fail("refresh.max_concurrent", "must be positive");

@@ -6,6 +6,7 @@ mod cache;
 mod connect;
 mod error;
 mod profiles;
+mod ratelimit;
 mod refresh;
 mod schedule;
 mod scheduler;
@@ -54,6 +55,10 @@ pub struct CoreSettings {
     pub refresh: RefreshPolicy,
     /// Refreshes running at once.
     pub max_concurrent_refreshes: usize,
+    /// Token requests per second to one provider (token endpoint host).
+    pub provider_rate: f64,
+    /// Requests one provider may get in a burst.
+    pub provider_burst: u32,
 }
 
 /// The daemon's state. Cheap to share (`Arc<Core>`).
@@ -76,6 +81,8 @@ pub struct Core {
     device_polls: dashmap::DashMap<String, tokio_util::sync::CancellationToken>,
     /// Counters for `/metrics`.
     metrics: crate::metrics::EngineMetrics,
+    /// Rate limits by token endpoint host.
+    provider_limits: dashmap::DashMap<String, Arc<ratelimit::RateLimiter>>,
 }
 
 impl std::fmt::Debug for Core {
@@ -109,6 +116,7 @@ impl Core {
             refresh_permits: Semaphore::new(permits),
             device_polls: dashmap::DashMap::new(),
             metrics: crate::metrics::EngineMetrics::default(),
+            provider_limits: dashmap::DashMap::new(),
         })
     }
 
@@ -144,6 +152,18 @@ impl Core {
         };
         let backoff_until_ms = if status_of(c) == pb::Status::RefreshFailing { c.next_refresh_at_ms } else { 0 };
         SlotState { token, status: status_of(c), backoff_until_ms }
+    }
+
+    /// Waits for a turn at the provider serving `endpoint`.
+    async fn provider_turn(&self, endpoint: &url::Url) {
+        let host = endpoint.host_str().unwrap_or_default().to_owned();
+        let limiter = match self.provider_limits.get(&host) {
+            Some(limiter) => Arc::clone(&limiter),
+            None => Arc::clone(&self.provider_limits.entry(host).or_insert_with(|| {
+                Arc::new(ratelimit::RateLimiter::new(self.settings.provider_rate, self.settings.provider_burst))
+            })),
+        };
+        limiter.acquire().await;
     }
 
     /// How many profiles are in each status (from the cache).

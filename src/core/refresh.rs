@@ -91,6 +91,7 @@ impl Core {
         settings: crate::provider::ProviderSettings,
         refresh_token: Option<SecretString>,
     ) -> Result<(), CoreError> {
+        self.provider_turn(&settings.token_endpoint).await;
         let started = std::time::Instant::now();
         let result = match (&refresh_token, profile::grant(profile)) {
             (Some(token), _) => {

@@ -356,7 +356,7 @@ impl Config {
         if r.default_lifetime_secs == 0 {
             return fail("refresh.default_lifetime_secs", "must be positive");
         }
-        if !(r.provider_rate_per_sec > 0.0) || r.provider_burst == 0 {
+        if !r.provider_rate_per_sec.is_finite() || r.provider_rate_per_sec <= 0.0 || r.provider_burst == 0 {
             return fail("refresh.provider_rate_per_sec", "rate and refresh.provider_burst must be positive");
         }
         if r.max_concurrent == 0 {

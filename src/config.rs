@@ -39,6 +39,47 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Who may call the gRPC API. Empty: a generated admin token in `<data_dir>/admin.token`.
     pub callers: Vec<CallerConfig>,
+    /// Profiles declared here (GitOps, a Kubernetes ConfigMap), reconciled at start and on
+    /// SIGHUP; RPC edits of them are refused.
+    pub profiles: Vec<DeclaredProfile>,
+    /// Delete managed profiles no longer declared (off: they are left alone).
+    pub prune_profiles: bool,
+}
+
+/// A profile declared in the configuration. Field meanings follow `tokend.v1.Profile`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeclaredProfile {
+    /// Unique name.
+    pub name: String,
+    /// For people.
+    pub description: String,
+    /// Preset id.
+    pub provider: String,
+    /// `authorization_code` (default), `device_code` or `client_credentials`.
+    pub grant: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// A file holding the client secret (a Kubernetes Secret mount); read at every reconcile.
+    pub client_secret_file: PathBuf,
+    /// Requested scopes.
+    pub scopes: Vec<String>,
+    /// Endpoint overrides.
+    pub authorization_endpoint: String,
+    /// Endpoint overrides.
+    pub token_endpoint: String,
+    /// Endpoint overrides.
+    pub revocation_endpoint: String,
+    /// Endpoint overrides.
+    pub device_authorization_endpoint: String,
+    /// Redirect URI registered with the provider.
+    pub redirect_uri: String,
+    /// `client_secret_basic`, `client_secret_post` or `none` (default: the preset's).
+    pub token_endpoint_auth_method: String,
+    /// Extra authorization URL parameters.
+    pub extra_authorization_params: std::collections::BTreeMap<String, String>,
+    /// Preset options, e.g. `tenant`.
+    pub provider_options: std::collections::BTreeMap<String, String>,
 }
 
 /// The gRPC listener.
@@ -238,6 +279,8 @@ impl Default for Config {
             audit: AuditConfig::default(),
             metrics: MetricsConfig::default(),
             callers: Vec::new(),
+            profiles: Vec::new(),
+            prune_profiles: false,
         }
     }
 }
@@ -396,6 +439,25 @@ impl Config {
         }
         if !self.http.callback_url.is_empty() {
             crate::provider::parse_endpoint("http.callback_url", &self.http.callback_url, true).map_err(ConfigError)?;
+        }
+        for (i, declared) in self.profiles.iter().enumerate() {
+            if !["", "authorization_code", "device_code", "client_credentials"].contains(&declared.grant.as_str()) {
+                return fail(
+                    &format!("profiles[{i}].grant"),
+                    "must be authorization_code, device_code or client_credentials",
+                );
+            }
+            if !["", "client_secret_basic", "client_secret_post", "none"]
+                .contains(&declared.token_endpoint_auth_method.as_str())
+            {
+                return fail(
+                    &format!("profiles[{i}].token_endpoint_auth_method"),
+                    "must be client_secret_basic, client_secret_post or none",
+                );
+            }
+            if self.profiles[..i].iter().any(|p| p.name == declared.name) {
+                return fail(&format!("profiles[{i}].name"), "declared twice");
+            }
         }
         for (i, caller) in self.callers.iter().enumerate() {
             if !["admin", "viewer", "consumer"].contains(&caller.role.as_str()) {

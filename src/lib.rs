@@ -11,6 +11,7 @@
 //! - [`store`]: the narrow storage trait and its sled implementation (profiles, connections,
 //!   refresh index, pending consents, metadata).
 //! - [`daemon`]: start-up (data directory, store, keys, canary, admin token) and shutdown.
+//! - [`declared`]: profiles declared in the configuration file, reconciled at start and on SIGHUP.
 //! - [`grpc`]: the gRPC services, caller authentication and roles, error-to-status table.
 //! - [`http`]: the HTTP listener: OAuth callback, health, readiness, metrics.
 //! - [`metrics`]: the Prometheus registry, filled at scrape time.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod core;
 pub mod crypto;
 pub mod daemon;
+pub mod declared;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

@@ -607,3 +607,79 @@ async fn metrics_and_audit() {
     }
     daemon.stop().await;
 }
+
+/// Profiles declared in the configuration are created at start (secrets from files), marked
+/// managed (RPC edits refused), updated on reload, and pruned only when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_profiles() {
+    let provider = FakeProvider::start().await;
+    let secrets = tempfile::tempdir().expect("dir");
+    let secret_file = secrets.path().join("box-secret");
+    std::fs::write(&secret_file, "test-secret\n").expect("secret");
+    let declared = tokend::config::DeclaredProfile {
+        name: "declared-box".into(),
+        description: "from the ConfigMap".into(),
+        provider: "custom".into(),
+        client_id: "test-client".into(),
+        client_secret_file: secret_file.clone(),
+        authorization_endpoint: provider.authorization_endpoint(),
+        token_endpoint: provider.token_endpoint(),
+        revocation_endpoint: provider.revocation_endpoint(),
+        ..Default::default()
+    };
+    let first = declared.clone();
+    let daemon = TestDaemon::start_with(move |c| c.profiles = vec![first], None).await;
+    let mut apps = daemon.apps(ADMIN).await;
+    let profile =
+        apps.get_profile(pb::GetProfileRequest { name: "declared-box".into() }).await.expect("declared").into_inner();
+    assert!(profile.managed && profile.client_secret_set);
+    let err = apps
+        .update_profile(pb::UpdateProfileRequest {
+            profile: Some(pb::Profile {
+                name: "declared-box".into(),
+                description: "rpc edit".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["description".into()] }),
+        })
+        .await
+        .expect_err("managed");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("configuration file"), "{}", err.message());
+    let err = apps.delete_profile(pb::DeleteProfileRequest { name: "declared-box".into() }).await.expect_err("managed");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // Connecting works with the secret from the file.
+    let start = apps.connect(pb::ConnectRequest { name: "declared-box".into() }).await.expect("connect").into_inner();
+    let redirect = consent_redirect(&start.authorization_url).await;
+    apps.complete_connect(pb::CompleteConnectRequest { redirect_url: redirect, ..Default::default() })
+        .await
+        .expect("complete");
+
+    let mut config = daemon.config.clone();
+    config.profiles[0].description = "changed in git".into();
+    daemon.daemon().reload_handle().reload(&config).await.expect("reload");
+    let profile =
+        apps.get_profile(pb::GetProfileRequest { name: "declared-box".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.description, "changed in git");
+    assert_eq!(profile.status, pb::Status::Connected as i32, "an update keeps the connection");
+
+    // A missing secret file is refused and changes nothing.
+    let mut broken = config.clone();
+    broken.profiles[0].client_secret_file = secrets.path().join("missing");
+    broken.profiles[0].description = "never applied".into();
+    assert!(daemon.daemon().reload_handle().reload(&broken).await.is_err());
+    let profile =
+        apps.get_profile(pb::GetProfileRequest { name: "declared-box".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.description, "changed in git");
+
+    // Undeclared: kept without pruning, deleted with it.
+    config.profiles.clear();
+    daemon.daemon().reload_handle().reload(&config).await.expect("reload");
+    apps.get_profile(pb::GetProfileRequest { name: "declared-box".into() }).await.expect("still there");
+    config.prune_profiles = true;
+    daemon.daemon().reload_handle().reload(&config).await.expect("reload");
+    let err = apps.get_profile(pb::GetProfileRequest { name: "declared-box".into() }).await.expect_err("pruned");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(!provider.revoked().is_empty(), "pruning disconnected (revoked) first");
+    daemon.stop().await;
+}

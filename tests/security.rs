@@ -175,7 +175,7 @@ async fn tls_mtls_and_reload() {
     let new_ca = Ca::new("new server ca");
     write_server_files(certs.path(), &new_ca, &client_ca);
     assert!(tls_channel(addr, &new_ca, None).await.is_err(), "still the old certificate");
-    daemon.daemon().reload_handle().reload(&daemon.config).expect("reload");
+    daemon.daemon().reload_handle().reload(&daemon.config).await.expect("reload");
     let channel = tls_channel(addr, &new_ca, None).await.expect("new certificate after reload");
     with_bearer(channel, ADMIN)
         .get_access_token(pb::GetAccessTokenRequest { name: "crm".into(), min_valid_for: None })
@@ -233,7 +233,7 @@ async fn unix_socket_with_peer_uid() {
     // Reload without the uid caller: the same connection is refused at once.
     let mut config = daemon.config.clone();
     config.callers.retain(|c| c.unix_uid.is_none());
-    daemon.daemon().reload_handle().reload(&config).expect("reload");
+    daemon.daemon().reload_handle().reload(&config).await.expect("reload");
     let err = tokens
         .get_access_token(pb::GetAccessTokenRequest { name: "mail-local".into(), min_valid_for: None })
         .await

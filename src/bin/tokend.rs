@@ -137,16 +137,18 @@ async fn serve(config: Config, cli: Cli) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGHUP reloads the configuration file: callers and the TLS certificate change without a
-/// restart; a configuration that does not load is logged and changes nothing.
+/// SIGHUP reloads the configuration file: callers, the TLS certificate and declared profiles
+/// change without a restart; a configuration that does not load is logged and changes nothing.
 fn spawn_reload_on_sighup(handle: tokend::daemon::ReloadHandle, cli: Cli) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
         while hangup.recv().await.is_some() {
-            let result =
-                load_config(&cli).map_err(|e| e.to_string()).and_then(|c| handle.reload(&c).map_err(|e| e.to_string()));
+            let result = match load_config(&cli) {
+                Ok(config) => handle.reload(&config).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
             if let Err(e) = result {
                 tracing::error!("reload refused, nothing changed: {e}");
             }

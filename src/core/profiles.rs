@@ -76,6 +76,69 @@ impl Core {
         Ok(revocation)
     }
 
+    /// Creates or updates a profile declared in the configuration, marking it managed. Returns
+    /// whether it was created. An empty client secret leaves the stored one.
+    pub fn upsert_managed(&self, input: &pb::Profile) -> Result<bool, CoreError> {
+        profile::validate_name(&input.name)?;
+        let now = self.clock.now_ms();
+        let existing = self.store.profile(&input.name)?;
+        let created = existing.is_none();
+        let mut record = existing.unwrap_or_else(|| ProfileRecord {
+            name: input.name.clone(),
+            create_time_ms: now,
+            ..Default::default()
+        });
+        let before = record.clone();
+        let secret = profile::apply_input(&mut record, input, None)?;
+        if let Some(secret) = &secret {
+            let unchanged =
+                self.keys.open_secret(Purpose::ClientSecret, &record.name, &record.client_secret_sealed).is_ok_and(
+                    |old| secrecy::ExposeSecret::expose_secret(&old) == secrecy::ExposeSecret::expose_secret(secret),
+                );
+            if !unchanged {
+                record.client_secret_sealed = self.keys.seal_secret(Purpose::ClientSecret, &record.name, secret);
+            }
+        }
+        record.managed = true;
+        profile::validate_record(&record, self.settings.allow_insecure_http)?;
+        if created {
+            record.update_time_ms = now;
+            let connection = ConnectionRecord { status: pb::Status::NotConnected as i32, ..Default::default() };
+            self.store.insert_profile(&record, &connection)?;
+            self.cache.set(&record.name, super::SlotState::default());
+            self.publish(&record.name, Kind::Updated, pb::Status::NotConnected, pb::Status::NotConnected);
+        } else if record != before {
+            record.update_time_ms = now;
+            self.store.replace_profile(&record)?;
+            let status = self.cached(&record.name).map(|s| s.status).unwrap_or(pb::Status::NotConnected);
+            self.publish(&record.name, Kind::Updated, status, status);
+        }
+        Ok(created)
+    }
+
+    /// Names of the profiles declared in the configuration.
+    pub fn managed_profiles(&self) -> Result<Vec<String>, CoreError> {
+        let mut names = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.store.profiles_after(&after, MAX_PAGE_SIZE)?;
+            let Some((last, _)) = page.last() else { break };
+            after = last.name.clone();
+            names.extend(page.iter().filter(|(p, _)| p.managed).map(|(p, _)| p.name.clone()));
+        }
+        Ok(names)
+    }
+
+    /// Deletes a managed profile no longer declared (disconnecting it first).
+    pub async fn delete_managed(self: &Arc<Self>, name: &str) -> Result<(), CoreError> {
+        let (_, connection) = self.load(name)?;
+        self.disconnect(name).await?;
+        self.store.remove_profile(name)?;
+        self.cache.remove(name);
+        self.publish(name, Kind::Deleted, status_of(&connection), pb::Status::NotConnected);
+        Ok(())
+    }
+
     /// One profile with its connection state.
     pub fn get_profile(&self, name: &str) -> Result<pb::Profile, CoreError> {
         profile::validate_name(name)?;

@@ -148,6 +148,9 @@ impl Daemon {
         if let Err(e) = core.expire_consents() {
             tracing::warn!(error = %e, "dropping expired consents failed");
         }
+        crate::declared::reconcile(&core, &config)
+            .await
+            .map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
 
         let shutdown = CancellationToken::new();
         let scheduler = Scheduler::start(Arc::clone(&core), &config.refresh.sweep_cron, shutdown.clone())
@@ -265,14 +268,18 @@ pub struct ReloadHandle {
 impl ReloadHandle {
     /// Applies what a reloaded configuration may change without a restart: the callers and the
     /// TLS certificate. Hand-out tallies gathered so far are written first. Anything else in
-    /// the configuration takes a restart. On error nothing changes.
-    pub fn reload(&self, config: &Config) -> Result<(), StartError> {
+    /// the configuration takes a restart. Declared profiles are reconciled. On error nothing
+    /// changes.
+    pub async fn reload(&self, config: &Config) -> Result<(), StartError> {
         let callers = caller_configs(config)?;
         let tls = match (&self.tls, config.grpc.tls.enabled()) {
             (Some(_), true) => Some(crate::grpc::tls::load(&config.grpc.tls).map_err(StartError::Config)?),
             (None, false) => None,
             _ => return Err(StartError::Config("turning TLS on or off takes a restart".into())),
         };
+        crate::declared::reconcile(&self.core, config)
+            .await
+            .map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
         crate::audit::write_handouts(&self.callers, self.core.clock().now_ms());
         self.callers.replace(&callers);
         if let (Some(shared), Some(tls)) = (&self.tls, tls) {

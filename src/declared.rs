@@ -1,0 +1,93 @@
+//! Profiles declared in the configuration file (GitOps, a Kubernetes ConfigMap with secrets from
+//! mounted files): reconciled into the store at start and on SIGHUP. Declared profiles are marked
+//! managed, so RPC edits of them are refused with a message saying where they are managed.
+//! Nothing is deleted unless `prune_profiles` asks for it.
+
+use std::sync::Arc;
+
+use crate::api::pb;
+use crate::config::{Config, DeclaredProfile};
+use crate::core::{Core, CoreError};
+
+/// What a reconcile did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Profiles created.
+    pub created: Vec<String>,
+    /// Profiles updated.
+    pub updated: Vec<String>,
+    /// Managed profiles deleted because they are no longer declared.
+    pub pruned: Vec<String>,
+}
+
+/// Builds the API input of a declared profile, reading its secret file.
+fn to_input(declared: &DeclaredProfile, index: usize) -> Result<pb::Profile, CoreError> {
+    let client_secret = if declared.client_secret_file.as_os_str().is_empty() {
+        String::new()
+    } else {
+        std::fs::read_to_string(&declared.client_secret_file)
+            .map_err(|e| {
+                CoreError::FailedPrecondition(format!(
+                    "profiles[{index}].client_secret_file {}: {e}",
+                    declared.client_secret_file.display()
+                ))
+            })?
+            .trim()
+            .to_owned()
+    };
+    let grant = match declared.grant.as_str() {
+        "device_code" => pb::Grant::DeviceCode,
+        "client_credentials" => pb::Grant::ClientCredentials,
+        _ => pb::Grant::AuthorizationCode,
+    };
+    let auth_method = match declared.token_endpoint_auth_method.as_str() {
+        "client_secret_basic" => pb::TokenEndpointAuthMethod::ClientSecretBasic,
+        "client_secret_post" => pb::TokenEndpointAuthMethod::ClientSecretPost,
+        "none" => pb::TokenEndpointAuthMethod::None,
+        _ => pb::TokenEndpointAuthMethod::Unspecified,
+    };
+    Ok(pb::Profile {
+        name: declared.name.clone(),
+        description: declared.description.clone(),
+        provider: declared.provider.clone(),
+        grant: grant as i32,
+        client_id: declared.client_id.clone(),
+        client_secret,
+        scopes: declared.scopes.clone(),
+        authorization_endpoint: declared.authorization_endpoint.clone(),
+        token_endpoint: declared.token_endpoint.clone(),
+        revocation_endpoint: declared.revocation_endpoint.clone(),
+        device_authorization_endpoint: declared.device_authorization_endpoint.clone(),
+        redirect_uri: declared.redirect_uri.clone(),
+        token_endpoint_auth_method: auth_method as i32,
+        extra_authorization_params: declared.extra_authorization_params.clone().into_iter().collect(),
+        provider_options: declared.provider_options.clone().into_iter().collect(),
+        ..Default::default()
+    })
+}
+
+/// Brings the store in line with the declared profiles. All inputs are built (secret files
+/// read) before anything is written, so a missing file changes nothing.
+pub async fn reconcile(core: &Arc<Core>, config: &Config) -> Result<Reconciled, CoreError> {
+    let inputs = config.profiles.iter().enumerate().map(|(i, d)| to_input(d, i)).collect::<Result<Vec<_>, _>>()?;
+    let mut report = Reconciled::default();
+    for input in &inputs {
+        match core.upsert_managed(input)? {
+            true => report.created.push(input.name.clone()),
+            false => report.updated.push(input.name.clone()),
+        }
+    }
+    if config.prune_profiles {
+        for name in core.managed_profiles()? {
+            if !inputs.iter().any(|p| p.name == name) {
+                core.delete_managed(&name).await?;
+                report.pruned.push(name);
+            }
+        }
+    }
+    if inputs.is_empty() && report.pruned.is_empty() {
+        return Ok(report);
+    }
+    tracing::info!(created = ?report.created, updated = report.updated.len(), pruned = ?report.pruned, "declared profiles reconciled");
+    Ok(report)
+}

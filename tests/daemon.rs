@@ -683,3 +683,45 @@ async fn declared_profiles() {
     assert!(!provider.revoked().is_empty(), "pruning disconnected (revoked) first");
     daemon.stop().await;
 }
+
+/// Export of a stopped daemon's store and import into an empty data directory round-trip:
+/// the restored daemon (with the same key) serves the same token and keeps refreshing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_import_round_trip() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "backed-up", &provider).await;
+    let token =
+        daemon.tokens(ADMIN).await.get_access_token(get_token("backed-up", 60)).await.expect("token").into_inner();
+    let config = daemon.config.clone();
+    let old_dir = daemon.dir.path().to_path_buf();
+    let TestDaemon { daemon: running, dir: _keep, .. } = daemon;
+    if let Some(running) = running {
+        running.stop().await;
+    }
+    let mut backup = Vec::new();
+    let count = tokend::daemon::backup::export(&config, &mut backup).expect("export");
+    assert!(count >= 4, "{count}");
+    let text = String::from_utf8(backup.clone()).expect("utf8");
+    assert!(!text.contains(&token.access_token) && !text.contains("test-secret"), "secrets stay sealed");
+
+    let new_dir = tempfile::tempdir().expect("dir");
+    let mut restored = test_config(new_dir.path());
+    restored.callers = config.callers.clone();
+    tokend::daemon::backup::import(&restored, &mut backup.as_slice()).expect("import");
+    assert!(tokend::daemon::backup::import(&restored, &mut backup.as_slice()).is_err(), "only into an empty store");
+    std::fs::copy(old_dir.join("tokend.key"), new_dir.path().join("tokend.key")).expect("key");
+    let daemon = start_daemon(&restored, None).await.expect("restored daemon");
+    let mut tokens = tokens_client(daemon.grpc_addr, ADMIN).await;
+    assert_eq!(
+        tokens.get_access_token(get_token("backed-up", 60)).await.expect("token").into_inner().access_token,
+        token.access_token
+    );
+    apps_client(daemon.grpc_addr, ADMIN)
+        .await
+        .refresh_now(pb::RefreshNowRequest { name: "backed-up".into() })
+        .await
+        .expect("refresh");
+    daemon.stop().await;
+}

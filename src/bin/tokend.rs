@@ -38,6 +38,18 @@ enum Command {
     CheckConfig,
     /// Print a new random encryption key (base64 of 32 bytes) for a key file.
     GenKey,
+    /// Back up the store of a stopped daemon as JSON lines (secrets stay sealed).
+    Export {
+        /// Where to write (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Restore a backup into an empty data directory (the daemon stopped).
+    Import {
+        /// The backup file.
+        #[arg(long)]
+        input: PathBuf,
+    },
     /// Print a new caller bearer token and the config line holding its hash.
     MintToken {
         /// admin, viewer or consumer.
@@ -94,6 +106,11 @@ fn main() -> ExitCode {
             return ExitCode::from(78);
         }
     };
+    match &cli.command {
+        Some(Command::Export { output }) => return export(&config, output.as_deref()),
+        Some(Command::Import { input }) => return import(&config, input),
+        _ => {}
+    }
     if matches!(cli.command, Some(Command::CheckConfig)) {
         match toml::to_string_pretty(&config) {
             Ok(text) => {
@@ -116,6 +133,41 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(config, cli))
+}
+
+fn export(config: &Config, output: Option<&std::path::Path>) -> ExitCode {
+    let result = match output {
+        Some(path) => std::fs::File::create(path)
+            .map_err(|e| tokend::daemon::StartError::Data(format!("{}: {e}", path.display())))
+            .and_then(|file| tokend::daemon::backup::export(config, &mut std::io::BufWriter::new(file))),
+        None => tokend::daemon::backup::export(config, &mut std::io::stdout().lock()),
+    };
+    match result {
+        Ok(count) => {
+            eprintln!("tokend: exported {count} entries (secrets sealed; keep the key file apart)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tokend: export failed: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn import(config: &Config, input: &std::path::Path) -> ExitCode {
+    let result = std::fs::File::open(input)
+        .map_err(|e| tokend::daemon::StartError::Data(format!("{}: {e}", input.display())))
+        .and_then(|file| tokend::daemon::backup::import(config, &mut std::io::BufReader::new(file)));
+    match result {
+        Ok(count) => {
+            eprintln!("tokend: imported {count} entries; start tokend with the key the backup was sealed with");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tokend: import failed: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
 }
 
 async fn serve(config: Config, cli: Cli) -> ExitCode {

@@ -1,6 +1,7 @@
 //! Starting and stopping the daemon: the one entry point the `tokend` binary and the integration
 //! tests both call. Listeners are bound before anything is announced, so tests can ask for port 0.
 
+pub mod backup;
 mod bootstrap;
 mod listeners;
 mod systemd;

@@ -113,6 +113,11 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes used on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// Every entry of every tree, for a backup: (tree, key, value). Values stay sealed.
+    fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Loads a backup into an empty store (refused if it holds any profile), in one batch per
+    /// tree, then flushes.
+    fn restore(&self, entries: &[(String, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError>;
 }
 
 /// The refresh index key: big-endian time (so keys sort by time), then the name.

@@ -295,6 +295,50 @@ impl Store for SledStore {
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.db.size_on_disk().map_err(engine)
     }
+
+    fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for (name, tree) in self.trees() {
+            for item in tree.iter() {
+                let (key, value) = item.map_err(engine)?;
+                out.push((name.to_owned(), key.to_vec(), value.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn restore(&self, entries: &[(String, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        if self.profiles.iter().next().is_some() {
+            return Err(StoreError::Engine(
+                "the store already holds profiles; restore into an empty data directory".into(),
+            ));
+        }
+        let trees = self.trees();
+        for (name, tree) in &trees {
+            let mut batch = sled::Batch::default();
+            for (_, key, value) in entries.iter().filter(|(t, _, _)| t == name) {
+                batch.insert(key.as_slice(), value.as_slice());
+            }
+            tree.apply_batch(batch).map_err(engine)?;
+        }
+        if let Some((unknown, _, _)) = entries.iter().find(|(t, _, _)| !trees.iter().any(|(n, _)| n == t)) {
+            return Err(StoreError::Corrupt { tree: "backup", detail: format!("unknown tree {unknown:?}") });
+        }
+        self.check_schema()?;
+        self.flush()
+    }
+}
+
+impl SledStore {
+    fn trees(&self) -> [(&'static str, &Tree); 5] {
+        [
+            ("meta", &self.meta),
+            ("profiles", &self.profiles),
+            ("connections", &self.connections),
+            ("refresh_index", &self.refresh_index),
+            ("consents", &self.consents),
+        ]
+    }
 }
 
 #[cfg(test)]

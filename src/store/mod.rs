@@ -54,6 +54,9 @@ pub enum StoreError {
     Engine(String),
 }
 
+/// One entry of a backup: (tree, key, value).
+pub type DumpEntry = (String, Vec<u8>, Vec<u8>);
+
 /// One write of a connection, guarded by the version it was read at, with the consent changes
 /// that go with it (all in one transaction).
 #[derive(Debug, Clone)]
@@ -114,10 +117,10 @@ pub trait Store: Send + Sync + 'static {
     /// Bytes used on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
     /// Every entry of every tree, for a backup: (tree, key, value). Values stay sealed.
-    fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, StoreError>;
+    fn dump(&self) -> Result<Vec<DumpEntry>, StoreError>;
     /// Loads a backup into an empty store (refused if it holds any profile), in one batch per
     /// tree, then flushes.
-    fn restore(&self, entries: &[(String, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError>;
+    fn restore(&self, entries: &[DumpEntry]) -> Result<(), StoreError>;
 }
 
 /// The refresh index key: big-endian time (so keys sort by time), then the name.

@@ -7,8 +7,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Transactional, Tree};
 
 use super::{
-    ConnectionRecord, ConnectionWrite, ConsentRecord, DueEntry, ProfileRecord, SCHEMA_VERSION, Store, StoreError,
-    due_key, parse_due_key,
+    ConnectionRecord, ConnectionWrite, ConsentRecord, DueEntry, DumpEntry, ProfileRecord, SCHEMA_VERSION, Store,
+    StoreError, due_key, parse_due_key,
 };
 use crate::clock::UnixMillis;
 
@@ -296,7 +296,7 @@ impl Store for SledStore {
         self.db.size_on_disk().map_err(engine)
     }
 
-    fn dump(&self) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, StoreError> {
+    fn dump(&self) -> Result<Vec<DumpEntry>, StoreError> {
         let mut out = Vec::new();
         for (name, tree) in self.trees() {
             for item in tree.iter() {
@@ -307,7 +307,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn restore(&self, entries: &[(String, Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+    fn restore(&self, entries: &[DumpEntry]) -> Result<(), StoreError> {
         if self.profiles.iter().next().is_some() {
             return Err(StoreError::Engine(
                 "the store already holds profiles; restore into an empty data directory".into(),

@@ -205,7 +205,7 @@ impl Daemon {
 
     /// A handle that applies reloaded configurations (SIGHUP) while the daemon runs.
     pub fn reload_handle(&self) -> ReloadHandle {
-        ReloadHandle { callers: self.callers.clone(), tls: self.tls.clone(), core: Arc::clone(&self.core) }
+        ReloadHandle { callers: self.callers.clone(), tls: self.tls.clone(), core: Arc::downgrade(&self.core) }
     }
 
     /// A token that stops the daemon when cancelled.
@@ -263,7 +263,9 @@ impl Daemon {
 pub struct ReloadHandle {
     callers: Callers,
     tls: Option<crate::grpc::tls::SharedTlsConfig>,
-    core: Arc<Core>,
+    /// Weak: a handle kept by a signal task must not keep the core (and the store's lock)
+    /// alive past shutdown.
+    core: std::sync::Weak<Core>,
 }
 
 impl ReloadHandle {
@@ -272,16 +274,15 @@ impl ReloadHandle {
     /// the configuration takes a restart. Declared profiles are reconciled. On error nothing
     /// changes.
     pub async fn reload(&self, config: &Config) -> Result<(), StartError> {
+        let core = self.core.upgrade().ok_or_else(|| StartError::Config("the daemon is shutting down".into()))?;
         let callers = caller_configs(config)?;
         let tls = match (&self.tls, config.grpc.tls.enabled()) {
             (Some(_), true) => Some(crate::grpc::tls::load(&config.grpc.tls).map_err(StartError::Config)?),
             (None, false) => None,
             _ => return Err(StartError::Config("turning TLS on or off takes a restart".into())),
         };
-        crate::declared::reconcile(&self.core, config)
-            .await
-            .map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
-        crate::audit::write_handouts(&self.callers, self.core.clock().now_ms());
+        crate::declared::reconcile(&core, config).await.map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
+        crate::audit::write_handouts(&self.callers, core.clock().now_ms());
         self.callers.replace(&callers);
         if let (Some(shared), Some(tls)) = (&self.tls, tls) {
             shared.store(Arc::new(tls));

@@ -1,6 +1,7 @@
 //! A TCP fault proxy between tokend and the authorization server's token endpoint: it passes
 //! connections through, refuses them (its listener closed: "connection refused"), or answers
-//! `503 Service Unavailable` with `Retry-After: 1` itself. Faults never reach the server.
+//! `503 Service Unavailable` with `Retry-After: 1` itself; those faults never reach the server.
+//! One more fault does: it forwards the next request and loses the server's reply.
 //! Switching away from pass-through also cuts the connections already passed through, so a
 //! pooled keep-alive connection cannot slip past a fault.
 
@@ -21,6 +22,9 @@ pub enum Fault {
     Refuse,
     /// Answer every request with `503` and `Retry-After: 1`.
     Unavailable,
+    /// Forward the next request, read the server's whole reply, and close the connection
+    /// without sending it on (a reply lost on the way back); then pass through again.
+    LoseNextReply,
 }
 
 /// How many connections the proxy handled in each way.
@@ -28,12 +32,13 @@ pub enum Fault {
 pub struct Counters {
     pub passed: AtomicU64,
     pub answered_503: AtomicU64,
+    pub replies_lost: AtomicU64,
 }
 
 /// The running proxy; stops when dropped.
 pub struct FaultProxy {
     pub addr: SocketAddr,
-    mode: watch::Sender<Fault>,
+    mode: Arc<watch::Sender<Fault>>,
     pub counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -51,9 +56,9 @@ impl FaultProxy {
     pub fn start(upstream: SocketAddr) -> FaultProxy {
         let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).expect("proxy listens");
         let addr = listener.local_addr().expect("proxy address");
-        let (mode, receiver) = watch::channel(Fault::PassThrough);
+        let mode = Arc::new(watch::Sender::new(Fault::PassThrough));
         let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(run(listener, upstream, receiver, Arc::clone(&counters)));
+        let task = tokio::spawn(run(listener, upstream, Arc::clone(&mode), Arc::clone(&counters)));
         FaultProxy { addr, mode, counters, task }
     }
 
@@ -76,6 +81,10 @@ impl FaultProxy {
     pub fn answered_503(&self) -> u64 {
         self.counters.answered_503.load(Ordering::Relaxed)
     }
+
+    pub fn replies_lost(&self) -> u64 {
+        self.counters.replies_lost.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -84,7 +93,8 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn run(listener: TcpListener, upstream: SocketAddr, mut mode: watch::Receiver<Fault>, counters: Arc<Counters>) {
+async fn run(listener: TcpListener, upstream: SocketAddr, control: Arc<watch::Sender<Fault>>, counters: Arc<Counters>) {
+    let mut mode = control.subscribe();
     let addr = listener.local_addr().expect("address");
     let mut listener = Some(listener);
     loop {
@@ -117,6 +127,11 @@ async fn run(listener: TcpListener, upstream: SocketAddr, mut mode: watch::Recei
                     Fault::Unavailable => {
                         tokio::spawn(answer_503(stream, counters));
                     }
+                    Fault::LoseNextReply => {
+                        // Only this connection: the ones after it pass through.
+                        control.send_replace(Fault::PassThrough);
+                        tokio::spawn(lose_reply(stream, upstream, counters));
+                    }
                     Fault::Refuse => {}
                 }
             }
@@ -134,8 +149,8 @@ async fn pass_through(mut client: TcpStream, upstream: SocketAddr, mut mode: wat
     }
 }
 
-/// Reads one HTTP/1.1 request (head and `Content-Length` body), answers 503, closes.
-async fn answer_503(mut stream: TcpStream, c: Arc<Counters>) {
+/// Reads one HTTP/1.1 message (head and `Content-Length` body); `None` if the peer closes first.
+async fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -143,7 +158,7 @@ async fn answer_503(mut stream: TcpStream, c: Arc<Counters>) {
             break at + 4;
         }
         match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => buffer.extend_from_slice(&chunk[..n]),
         }
     };
@@ -155,9 +170,17 @@ async fn answer_503(mut stream: TcpStream, c: Arc<Counters>) {
         .unwrap_or(0);
     while buffer.len() < head_end + length {
         match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => buffer.extend_from_slice(&chunk[..n]),
         }
+    }
+    Some(buffer)
+}
+
+/// Reads one request, answers 503 with `Retry-After: 1`, closes.
+async fn answer_503(mut stream: TcpStream, c: Arc<Counters>) {
+    if read_message(&mut stream).await.is_none() {
+        return;
     }
     let body = "<html><body>maintenance</body></html>";
     let reply = format!(
@@ -167,4 +190,18 @@ async fn answer_503(mut stream: TcpStream, c: Arc<Counters>) {
     c.answered_503.fetch_add(1, Ordering::Relaxed);
     let _ = stream.write_all(reply.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// Forwards one request, reads the server's whole reply, and closes the client's connection
+/// without a byte of it.
+async fn lose_reply(mut client: TcpStream, upstream: SocketAddr, c: Arc<Counters>) {
+    let Some(request) = read_message(&mut client).await else { return };
+    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+    if server.write_all(&request).await.is_err() {
+        return;
+    }
+    if read_message(&mut server).await.is_some() {
+        c.replies_lost.fetch_add(1, Ordering::Relaxed);
+    }
+    // Dropping both: the client sees its connection closed before any reply.
 }

@@ -114,6 +114,7 @@ pub struct Endpoints {
     pub token: String,
     pub revocation: String,
     pub introspection: String,
+    pub device_authorization: String,
 }
 
 /// `node interop/server.mjs`, running.
@@ -190,6 +191,7 @@ impl AuthServer {
                 token: String::new(),
                 revocation: String::new(),
                 introspection: String::new(),
+                device_authorization: String::new(),
             },
             log,
             _dir: dir,
@@ -203,6 +205,7 @@ impl AuthServer {
             token: endpoint("token_endpoint"),
             revocation: endpoint("revocation_endpoint"),
             introspection: endpoint("introspection_endpoint"),
+            device_authorization: endpoint("device_authorization_endpoint"),
         };
         server
     }
@@ -347,11 +350,18 @@ token_sha256 = "{}"
         );
         std::fs::write(&config, text).expect("write config");
         let mut tokend = Tokend { child: None, grpc: free_port(), http: free_port(), dir, config, log };
-        tokend.spawn().await;
-        tokend
+        // A released port may be taken by someone else before tokend binds it: then new ports.
+        for _ in 0..3 {
+            if tokend.spawn().await {
+                return tokend;
+            }
+            (tokend.grpc, tokend.http) = (free_port(), free_port());
+        }
+        panic!("tokend could not bind free ports three times; its log:\n{}", tail(&tokend.log, 40));
     }
 
-    async fn spawn(&mut self) {
+    /// Starts the binary and waits until it is ready. `false`: it could not bind its ports.
+    async fn spawn(&mut self) -> bool {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("tokend log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_tokend"));
         command
@@ -380,10 +390,15 @@ token_sha256 = "{}"
         loop {
             if let Ok(reply) = client.get(&ready).send().await
                 && reply.status().is_success()
+                && matches!(child.try_wait(), Ok(None))
             {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
+                // 69 (EX_UNAVAILABLE): a listener could not be bound.
+                if status.code() == Some(69) {
+                    return false;
+                }
                 panic!("tokend exited at start ({status}); its log:\n{}", tail(&self.log, 40));
             }
             if Instant::now() > deadline {
@@ -394,24 +409,28 @@ token_sha256 = "{}"
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.child = Some(child);
+        true
     }
 
-    /// Stops the daemon with SIGTERM and checks that it exits cleanly.
-    pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            sigterm(&child);
-            let status = tokio::task::spawn_blocking(move || reap(&mut child, Duration::from_secs(15)))
-                .await
-                .expect("reap task");
-            let status = status.unwrap_or_else(|| panic!("tokend ignored SIGTERM; log:\n{}", tail(&self.log, 40)));
-            assert!(status.success(), "tokend exited with {status} on SIGTERM; log:\n{}", tail(&self.log, 40));
-        }
+    /// Stops the daemon with SIGTERM, checks that it exits cleanly, and says how long it took.
+    pub async fn stop(&mut self) -> Duration {
+        let Some(mut child) = self.child.take() else { return Duration::ZERO };
+        let started = Instant::now();
+        sigterm(&child);
+        let status =
+            tokio::task::spawn_blocking(move || reap(&mut child, Duration::from_secs(30))).await.expect("reap task");
+        let took = started.elapsed();
+        let status = status.unwrap_or_else(|| panic!("tokend ignored SIGTERM; log:\n{}", tail(&self.log, 40)));
+        assert!(status.success(), "tokend exited with {status} on SIGTERM; log:\n{}", tail(&self.log, 40));
+        took
     }
 
-    /// SIGTERM, then start again on the same data directory and ports.
-    pub async fn restart(&mut self) {
-        self.stop().await;
-        self.spawn().await;
+    /// SIGTERM, then start again on the same data directory and ports. Returns how long the
+    /// stop took.
+    pub async fn restart(&mut self) -> Duration {
+        let took = self.stop().await;
+        assert!(self.spawn().await, "tokend could not bind its ports again; log:\n{}", tail(&self.log, 40));
+        took
     }
 
     /// tokend's OAuth callback, the redirect URI its profiles use by default.
@@ -451,9 +470,10 @@ impl Drop for Tokend {
         if std::thread::panicking() {
             eprintln!("---- tokend log (last lines) ----\n{}\n----", tail(&self.log, 60));
         }
+        // The data directory is thrown away: no need to wait long for a graceful stop.
         if let Some(mut child) = self.child.take() {
             sigterm(&child);
-            reap(&mut child, Duration::from_secs(5));
+            reap(&mut child, Duration::from_secs(1));
         }
     }
 }
@@ -462,42 +482,39 @@ impl Drop for Tokend {
 // The browser
 // ---------------------------------------------------------------------------------------------
 
-/// What the browser saw at the end of a consent: tokend's callback page.
+/// The page the browser ended on.
 #[derive(Debug)]
-pub struct CallbackPage {
+pub struct Page {
+    pub url: String,
     pub status: u16,
     pub body: String,
 }
 
-/// Plays the admin's browser: opens `authorization_url`, signs in as `account` on the
-/// provider's login page, approves the consent page, and follows the final redirect to tokend's
-/// callback (which must start with `callback_prefix`). Redirects are followed by hand, cookies
-/// are carried by hand.
-pub async fn consent(authorization_url: &str, callback_prefix: &str, account: &str) -> CallbackPage {
+/// Plays the admin's browser from `start` (an authorization URL or a device verification URL):
+/// follows redirects by hand, carries cookies by hand, signs in as `account` on the provider's
+/// login page, and submits every other form the provider shows (consent, device code
+/// confirmation, auto-submitting form posts) as a person clicking "Continue" would. Stops at the
+/// first URL starting with `stop_prefix` (tokend's callback: fetched, and its page returned), or
+/// at a page with no form (the provider's final page).
+pub async fn browse(start: &str, stop_prefix: Option<&str>, account: &str) -> Page {
     let client = http_client();
     let mut cookies: BTreeMap<String, String> = BTreeMap::new();
-    let mut url = url::Url::parse(authorization_url).expect("authorization URL");
-    let mut form: Option<Vec<(&str, String)>> = None;
-    for _ in 0..20 {
-        if url.as_str().starts_with(callback_prefix) {
+    let mut url = url::Url::parse(start).expect("start URL");
+    let mut form: Option<Vec<(String, String)>> = None;
+    for _ in 0..30 {
+        if stop_prefix.is_some_and(|prefix| url.as_str().starts_with(prefix)) {
             let reply = client.get(url.as_str()).send().await.expect("GET tokend callback");
             let status = reply.status().as_u16();
-            return CallbackPage { status, body: reply.text().await.unwrap_or_default() };
+            return Page { url: url.to_string(), status, body: reply.text().await.unwrap_or_default() };
         }
-        let cookie_header = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
         let request = match form.take() {
             Some(fields) => {
-                let mut body = url::form_urlencoded::Serializer::new(String::new());
-                for (k, v) in &fields {
-                    body.append_pair(k, v);
-                }
-                client
-                    .post(url.as_str())
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body.finish())
+                let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+                client.post(url.as_str()).header("content-type", "application/x-www-form-urlencoded").body(body)
             }
             None => client.get(url.as_str()),
         };
+        let cookie_header = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
         let request = if cookie_header.is_empty() { request } else { request.header("cookie", cookie_header) };
         let reply = request.header("accept", "text/html").send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
         for value in reply.headers().get_all("set-cookie") {
@@ -517,29 +534,66 @@ pub async fn consent(authorization_url: &str, callback_prefix: &str, account: &s
             url = url.join(location).expect("redirect URL");
             continue;
         }
-        let page = reply.text().await.unwrap_or_default();
-        assert_eq!(status, 200, "{url}: unexpected page: {page}");
-        // oidc-provider's development interaction pages: a login form, then a consent form,
-        // both posting back to the page's own URL.
-        form = if page.contains(r#"name="prompt" value="login""#) {
-            Some(vec![("prompt", "login".into()), ("login", account.into()), ("password", "any".into())])
-        } else if page.contains(r#"name="prompt" value="consent""#) {
-            Some(vec![("prompt", "consent".into())])
-        } else {
-            panic!("{url}: neither a login nor a consent page: {page}");
+        let body = reply.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "{url}: unexpected page: {body}");
+        let Some(action) = form_action(&body) else {
+            return Page { url: url.to_string(), status, body };
         };
-        url = url.join(&form_action(&page)).expect("form action");
+        let mut fields = hidden_inputs(&body);
+        // oidc-provider's development login page: any account name and password.
+        if fields.iter().any(|(k, v)| k == "prompt" && v == "login") {
+            fields.push(("login".into(), account.into()));
+            fields.push(("password".into(), "any".into()));
+        }
+        form = Some(fields);
+        url = url.join(&action).expect("form action");
     }
-    panic!("the consent did not reach tokend's callback within 20 steps");
+    panic!("the browser did not get anywhere within 30 steps (last at {url})");
 }
 
-/// The `action` of the page's form, HTML entities undone.
-fn form_action(page: &str) -> String {
-    let start = page.find("<form").expect("a form");
-    let rest = &page[start..];
-    let at = rest.find("action=\"").expect("form action") + "action=\"".len();
-    let end = rest[at..].find('"').expect("end of action");
-    rest[at..at + end].replace("&amp;", "&").replace("&#x2F;", "/").replace("&#47;", "/")
+/// Plays the browser through a consent, from the authorization URL to tokend's callback page.
+pub async fn consent(authorization_url: &str, callback_url: &str, account: &str) -> Page {
+    let page = browse(authorization_url, Some(callback_url), account).await;
+    assert!(page.url.starts_with(callback_url), "the consent ended at {} instead of tokend: {}", page.url, page.body);
+    page
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#x2F;", "/")
+        .replace("&#47;", "/")
+        .replace("&amp;", "&")
+}
+
+/// The value of `name="…"` inside one tag.
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let key = format!(" {name}=\"");
+    let at = tag.find(&key)? + key.len();
+    let end = tag[at..].find('"')?;
+    Some(unescape(&tag[at..at + end]))
+}
+
+/// The tags named `tag` in `page`, each as its text up to `>`.
+fn tags<'a>(page: &'a str, tag: &'a str) -> impl Iterator<Item = String> + 'a {
+    page.match_indices(tag)
+        .filter_map(move |(at, _)| page[at..].find('>').map(|end| page[at..at + end].replace(['\n', '\t'], " ")))
+}
+
+/// The `action` of the page's first form, if it has one.
+fn form_action(page: &str) -> Option<String> {
+    tags(page, "<form").next().and_then(|tag| attribute(&tag, "action"))
+}
+
+/// The hidden inputs of the page, as form fields.
+fn hidden_inputs(page: &str) -> Vec<(String, String)> {
+    tags(page, "<input")
+        .filter(|tag| attribute(tag, "type").as_deref() == Some("hidden"))
+        .filter_map(|tag| Some((attribute(&tag, "name")?, attribute(&tag, "value").unwrap_or_default())))
+        .collect()
 }
 
 /// A progress line, shown with `cargo test --test interop -- --nocapture` (and on failure).

@@ -281,7 +281,9 @@ impl ReloadHandle {
             (None, false) => None,
             _ => return Err(StartError::Config("turning TLS on or off takes a restart".into())),
         };
-        crate::declared::reconcile(&core, config).await.map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
+        crate::declared::reconcile(&core, config)
+            .await
+            .map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
         crate::audit::write_handouts(&self.callers, core.clock().now_ms());
         self.callers.replace(&callers);
         if let (Some(shared), Some(tls)) = (&self.tls, tls) {

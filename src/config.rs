@@ -187,8 +187,12 @@ pub struct RefreshConfig {
 pub struct ProviderConfig {
     /// Time to connect, in seconds.
     pub connect_timeout_secs: u64,
-    /// Time for a whole request, in seconds.
+    /// Time for a whole request, in seconds: the hard timeout, after which a sent refresh is
+    /// given up.
     pub request_timeout_secs: u64,
+    /// After this many seconds without an answer a refresh shows `STATUS_REFRESH_FAILING` while
+    /// it keeps waiting for the hard timeout.
+    pub soft_timeout_secs: u64,
     /// Largest reply accepted, in bytes.
     pub max_response_bytes: usize,
     /// Allow plain-http endpoints on non-loopback hosts (never in production).
@@ -333,6 +337,7 @@ impl Default for ProviderConfig {
         Self {
             connect_timeout_secs: 5,
             request_timeout_secs: 15,
+            soft_timeout_secs: 5,
             max_response_bytes: 256 * 1024,
             allow_insecure_http: false,
         }
@@ -416,6 +421,10 @@ impl Config {
         }
         if self.audit.handout_interval_secs == 0 {
             return fail("audit.handout_interval_secs", "must be positive");
+        }
+        if self.provider.soft_timeout_secs == 0 || self.provider.soft_timeout_secs > self.provider.request_timeout_secs
+        {
+            return fail("provider.soft_timeout_secs", "must be positive and at most provider.request_timeout_secs");
         }
         if self.consent.ttl_secs == 0 {
             return fail("consent.ttl_secs", "must be positive");

@@ -725,3 +725,28 @@ async fn export_import_round_trip() {
         .expect("refresh");
     daemon.stop().await;
 }
+
+/// A slow provider: past the soft timeout the profile shows REFRESH_FAILING and the held token
+/// keeps being served; the answer that finally arrives (with its rotated token) is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_marks_refresh_failing() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start_with(|c| c.provider.soft_timeout_secs = 1, None).await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "slow", &provider).await;
+    provider.push_fault(Fault::Delay(Duration::from_millis(2500)));
+    let mut background = apps.clone();
+    let refresh =
+        tokio::spawn(async move { background.refresh_now(pb::RefreshNowRequest { name: "slow".into() }).await });
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let profile = apps.get_profile(pb::GetProfileRequest { name: "slow".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.status, pb::Status::RefreshFailing as i32);
+    assert!(profile.last_error.contains("slow"), "{}", profile.last_error);
+    daemon.tokens(ADMIN).await.get_access_token(get_token("slow", 60)).await.expect("held token served meanwhile");
+    refresh.await.expect("task").expect("the slow answer is stored");
+    let profile = apps.get_profile(pb::GetProfileRequest { name: "slow".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.status, pb::Status::Connected as i32);
+    apps.refresh_now(pb::RefreshNowRequest { name: "slow".into() }).await.expect("the rotated token was kept");
+    assert_eq!(provider.reuse_events(), 0);
+    daemon.stop().await;
+}

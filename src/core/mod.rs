@@ -55,6 +55,9 @@ pub struct CoreSettings {
     pub refresh: RefreshPolicy,
     /// Refreshes running at once.
     pub max_concurrent_refreshes: usize,
+    /// After this long without an answer a refresh shows `REFRESH_FAILING` (and keeps waiting
+    /// until the HTTP client's hard timeout).
+    pub soft_timeout: Duration,
     /// Token requests per second to one provider (token endpoint host).
     pub provider_rate: f64,
     /// Requests one provider may get in a burst.

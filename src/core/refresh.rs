@@ -93,21 +93,22 @@ impl Core {
     ) -> Result<(), CoreError> {
         self.provider_turn(&settings.token_endpoint).await;
         let started = std::time::Instant::now();
-        let result = match (&refresh_token, profile::grant(profile)) {
-            (Some(token), _) => {
-                let first = self.provider.refresh(&settings, token).await;
-                match first {
-                    // The answer may have been lost after the provider rotated: ask once more
-                    // with the same token (providers with a reuse grace window answer it).
-                    Err(e @ ProviderError::Transient { maybe_sent: true, .. }) => {
-                        tracing::warn!(profile = name, error = %e, "refresh may have been lost; retrying once with the same token");
-                        self.provider.refresh(&settings, token).await
-                    }
-                    other => other,
-                }
+        let mut connection = connection;
+        let exchange = self.exchange(name, profile, &settings, refresh_token.as_ref());
+        tokio::pin!(exchange);
+        let result = tokio::select! {
+            biased;
+            result = &mut exchange => result,
+            _ = tokio::time::sleep(self.settings.soft_timeout) => {
+                // Slow, not failed: show it, keep serving the held token, keep waiting for the
+                // answer (it may carry a rotated refresh token) until the hard timeout.
+                connection = self.mark_slow(name, connection);
+                exchange.await
             }
-            (None, pb::Grant::ClientCredentials) => self.provider.client_credentials(&settings).await,
-            (None, _) => return Err(needs_reauthorization(name, &connection)),
+        };
+        let result = match result {
+            Some(result) => result,
+            None => return Err(needs_reauthorization(name, &connection)),
         };
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_millis() as u64;
@@ -129,6 +130,52 @@ impl Core {
                 tracing::warn!(profile = name, elapsed_ms, error = %e, "refresh failed");
                 Err(self.record_failure(profile, connection, e).await)
             }
+        }
+    }
+
+    /// The provider exchange of a refresh: the refresh token grant (retried once with the same
+    /// token when the answer may have been lost), or client credentials. `None`: neither applies.
+    async fn exchange(
+        &self,
+        name: &str,
+        profile: &ProfileRecord,
+        settings: &crate::provider::ProviderSettings,
+        refresh_token: Option<&SecretString>,
+    ) -> Option<Result<TokenSet, ProviderError>> {
+        match (refresh_token, profile::grant(profile)) {
+            (Some(token), _) => Some(match self.provider.refresh(settings, token).await {
+                // The answer may have been lost after the provider rotated: ask once more with
+                // the same token (providers with a reuse grace window answer it).
+                Err(e @ ProviderError::Transient { maybe_sent: true, .. }) => {
+                    tracing::warn!(profile = name, error = %e, "refresh may have been lost; retrying once with the same token");
+                    self.provider.refresh(settings, token).await
+                }
+                other => other,
+            }),
+            (None, pb::Grant::ClientCredentials) => Some(self.provider.client_credentials(settings).await),
+            (None, _) => None,
+        }
+    }
+
+    /// Marks a connected profile `REFRESH_FAILING` while its refresh is slow; returns the
+    /// record to write the outcome over.
+    fn mark_slow(&self, name: &str, before: ConnectionRecord) -> ConnectionRecord {
+        if status_of(&before) != pb::Status::Connected {
+            return before;
+        }
+        let mut record = before.clone();
+        record.status = pb::Status::RefreshFailing as i32;
+        record.last_error = format!("provider slow: no answer after {:?}; still waiting", self.settings.soft_timeout);
+        let write = ConnectionWrite {
+            name: name.to_owned(),
+            expected_version: before.version,
+            record,
+            put_consent: None,
+            remove_consent: None,
+        };
+        match self.write(&before, write, Kind::Updated) {
+            Ok(stored) => stored,
+            Err(_) => before,
         }
     }
 

@@ -332,6 +332,7 @@ fn core_settings(config: &Config, http_addr: SocketAddr) -> CoreSettings {
             max_idle: None,
         },
         max_concurrent_refreshes: r.max_concurrent,
+        soft_timeout: Duration::from_secs(config.provider.soft_timeout_secs),
         provider_rate: r.provider_rate_per_sec,
         provider_burst: r.provider_burst,
     }

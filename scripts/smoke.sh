@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Runs the README's grpcurl examples (between the smoke markers) exactly as printed, against a
-# zero-config tokend in a scratch directory, with real grpcurl 1.8.6. A command marked
-# `# expect: CODE` must fail with that gRPC code; every other command must succeed; a ```text
-# block must match the output of the command block before it.
+# Runs the README's grpcurl and tokenctl examples (between the smoke markers) exactly as printed,
+# against a zero-config tokend in a scratch directory, with real grpcurl 1.8.6. A command marked
+# `# expect: CODE` must fail with that gRPC code, one marked `# expect-exit: N` must exit N; every
+# other command must succeed; a ```text block must match the output of the command block before it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-export PATH="$root/target/venv-tools/bin:$PATH"
+export PATH="$root/target/venv-tools/bin:$root/target/debug:$PATH"
 command -v grpcurl >/dev/null || { echo "smoke: grpcurl missing (scripts/test.sh installs it)" >&2; exit 1; }
 grpcurl -version 2>&1 | grep -q 'v1.8.6' || { echo "smoke: need grpcurl v1.8.6" >&2; exit 1; }
 # --all-targets: the same feature set as `cargo test`, so after the suite this builds nothing.
@@ -57,7 +57,9 @@ while IFS= read -r line; do
     "@@cmd "*)
       cmd=${line#@@cmd }
       want_fail=""
+      want_exit=""
       if [[ "$cmd" =~ \#\ expect:\ ([A-Za-z]+)$ ]]; then want_fail=${BASH_REMATCH[1]}; fi
+      if [[ "$cmd" =~ \#\ expect-exit:\ ([0-9]+)$ ]]; then want_exit=${BASH_REMATCH[1]}; fi
       count=$((count + 1))
       if [[ "$cmd" =~ ^[A-Z_]+= ]]; then
         # An assignment: it must stay in this shell for the commands after it.
@@ -68,7 +70,11 @@ while IFS= read -r line; do
       last_output=$(eval "$cmd" 2>&1)
       status=$?
       set -e
-      if [ -n "$want_fail" ]; then
+      if [ -n "$want_exit" ]; then
+        if [ "$status" -ne "$want_exit" ]; then
+          echo "smoke: expected exit $want_exit (got $status) from: $cmd" >&2; echo "$last_output" >&2; exit 1
+        fi
+      elif [ -n "$want_fail" ]; then
         if [ $status -eq 0 ] || ! grep -q "Code: $want_fail" <<<"$last_output"; then
           echo "smoke: expected $want_fail from: $cmd" >&2; echo "$last_output" >&2; exit 1
         fi

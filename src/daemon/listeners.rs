@@ -24,6 +24,8 @@ fn server() -> Server {
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        // One span per RPC, so every event of a call (refresh included) names the method.
+        .trace_fn(|request| tracing::debug_span!("rpc", method = %request.uri().path()))
 }
 
 /// Serves `routes` on the TCP listener, through TLS when `tls` is set.

@@ -97,8 +97,9 @@ echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version)"
 echo "hadolint: $("$VENV/bin/hadolint" --version)"
 PY=$VENV/bin/python
 
-echo "building tokend (cargo build -q --bin tokend)"
-cargo build -q --bin tokend || { echo "validate-deploy: FAILED: cannot build tokend (checks need it)" >&2; exit 1; }
+# --all-targets: the feature set `cargo test` uses, so the test suite reuses this build.
+echo "building tokend (cargo build -q --locked --all-targets)"
+cargo build -q --locked --all-targets || { echo "validate-deploy: FAILED: cannot build tokend (checks need it)" >&2; exit 1; }
 TOKEND=$ROOT/target/debug/tokend
 
 # tokend with no TOKEND_* variables from the caller's environment, plus the given ones.

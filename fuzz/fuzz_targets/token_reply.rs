@@ -1,0 +1,9 @@
+//! Fuzz target `token_reply`: feeds arbitrary bytes to [`checks::token_reply`], which asserts the invariants
+//! (shared with `tests/fuzz_corpus.rs`, which replays the corpus in `cargo test`).
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::token_reply(data));

@@ -20,6 +20,7 @@ const KEPT_METADATA: &[&str] = &["instance_url", "id", "issued_at", "signature_m
 /// A token endpoint reply, leniently parsed.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct LenientTokenResponse {
+    #[serde(deserialize_with = "non_empty_token")]
     access_token: AccessToken,
     #[serde(default = "bearer", deserialize_with = "token_type_any_case")]
     token_type: BasicTokenType,
@@ -46,6 +47,15 @@ impl fmt::Debug for LenientTokenResponse {
             .field("has_refresh_token", &self.refresh_token.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// An access token must be a non-blank string; the error never quotes it.
+fn non_empty_token<'de, D: Deserializer<'de>>(d: D) -> Result<AccessToken, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Err(serde::de::Error::custom("access_token is empty"));
+    }
+    Ok(AccessToken::new(text))
 }
 
 fn bearer() -> BasicTokenType {
@@ -197,6 +207,8 @@ mod tests {
     fn unusable_replies() {
         assert!(parse(r#"{"error":"invalid_grant"}"#).is_err());
         assert!(parse(r#"{"access_token":42}"#).is_err());
+        assert!(parse(r#"{"access_token":""}"#).is_err());
+        assert!(parse(r#"{"access_token":"  "}"#).is_err());
         assert!(parse("<html>").is_err());
         let reply = parse(r#"{"access_token":"a","refresh_token":""}"#).unwrap();
         assert!(reply.refresh_token().is_none());

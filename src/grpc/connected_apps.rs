@@ -140,9 +140,7 @@ impl ConnectedAppsService {
         crate::profile::validate_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.core.get_profile(&name).map_err(to_status)?;
         if let Err(e) = self.core.refresh_shared(&name).await {
-            return Err(to_status(
-                Arc::try_unwrap(e).unwrap_or_else(|e| crate::core::CoreError::Unavailable(e.to_string())),
-            ));
+            return Err(super::status::status_for(&e));
         }
         let profile = self.core.get_profile(&name).map_err(to_status)?;
         Ok(pb::RefreshNowResponse { profile: Some(profile) })

@@ -7,7 +7,12 @@ use crate::provider::ProviderError;
 
 /// Maps a core error to the status that tells the caller what to do.
 pub fn to_status(error: CoreError) -> Status {
-    let code = match &error {
+    status_for(&error)
+}
+
+/// [`to_status`] for a shared error (the outcome of a refresh many callers waited on).
+pub fn status_for(error: &CoreError) -> Status {
+    let code = match error {
         CoreError::NotFound(_) => Code::NotFound,
         CoreError::AlreadyExists(_) => Code::AlreadyExists,
         CoreError::InvalidArgument(_) => Code::InvalidArgument,

@@ -51,13 +51,20 @@ async fn device_grant_approved() {
     provider.approve_device(&start.user_code);
     let profile = wait_for_status(&mut apps, "tv", pb::Status::Connected).await;
     assert!(profile.refresh_token_enabled);
-    let token = daemon
-        .tokens(ADMIN)
-        .await
-        .get_access_token(pb::GetAccessTokenRequest { name: "tv".into(), min_valid_for: None })
-        .await
-        .expect("token");
-    assert_eq!(Some(&token.into_inner().access_token), provider.issued_access_tokens().last());
+    // GetProfile reads the store, which shows the new tokens while their flush is still running;
+    // the token is handed out once it is durable (a few milliseconds later).
+    let mut tokens = daemon.tokens(ADMIN).await;
+    let mut token = None;
+    for _ in 0..100 {
+        match tokens.get_access_token(pb::GetAccessTokenRequest { name: "tv".into(), min_valid_for: None }).await {
+            Ok(reply) => {
+                token = Some(reply.into_inner().access_token);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(token.as_ref(), provider.issued_access_tokens().last());
     daemon.stop().await;
 }
 

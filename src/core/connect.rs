@@ -111,26 +111,7 @@ impl Core {
             expires_at_ms: expires_at,
             grant: pb::Grant::AuthorizationCode as i32,
         };
-        let mut record = before.clone();
-        // A connected profile keeps serving its token while a new consent is pending.
-        if before.access_token_sealed.is_empty() {
-            if status_of(&before) != pb::Status::Connecting {
-                record.status_before_consent = before.status;
-            }
-            record.status = pb::Status::Connecting as i32;
-            // A new attempt: the last one's error no longer describes the connection.
-            record.last_error.clear();
-        }
-        record.pending_consent = key.clone();
-        let write = ConnectionWrite {
-            name: name.to_owned(),
-            expected_version: before.version,
-            record,
-            put_consent: Some((key, consent)),
-            // One pending consent per profile: a new Connect replaces the old one.
-            remove_consent: non_empty(&before.pending_consent),
-        };
-        let stored = self.write(&before, write, Kind::Updated)?;
+        let stored = self.write(&before, pending_consent_write(name, &before, key, consent), Kind::Updated)?;
         tracing::info!(profile = name, "consent started");
         Ok(ConnectStart {
             status: status_of(&stored),
@@ -172,24 +153,7 @@ impl Core {
             expires_at_ms: expires_at,
             grant: pb::Grant::DeviceCode as i32,
         };
-        let mut record = before.clone();
-        if before.access_token_sealed.is_empty() {
-            if status_of(&before) != pb::Status::Connecting {
-                record.status_before_consent = before.status;
-            }
-            record.status = pb::Status::Connecting as i32;
-            // A new attempt: the last one's error no longer describes the connection.
-            record.last_error.clear();
-        }
-        record.pending_consent = key.clone();
-        let write = ConnectionWrite {
-            name: name.clone(),
-            expected_version: before.version,
-            record,
-            put_consent: Some((key.clone(), consent)),
-            remove_consent: non_empty(&before.pending_consent),
-        };
-        let stored = self.write(&before, write, Kind::Updated)?;
+        let stored = self.write(&before, pending_consent_write(&name, &before, key.clone(), consent), Kind::Updated)?;
         let cancel = tokio_util::sync::CancellationToken::new();
         self.device_polls.insert(name.clone(), cancel.clone());
         let core = Arc::clone(self);
@@ -442,6 +406,33 @@ impl Core {
             Ok(()) => Revocation::Revoked,
             Err(e) => Revocation::Failed(e.to_string()),
         }
+    }
+}
+
+/// The write that opens a consent: it replaces any pending one (one per profile), and a profile
+/// without tokens shows CONNECTING; a connected one keeps serving its token meanwhile.
+fn pending_consent_write(
+    name: &str,
+    before: &ConnectionRecord,
+    key: Vec<u8>,
+    consent: ConsentRecord,
+) -> ConnectionWrite {
+    let mut record = before.clone();
+    if before.access_token_sealed.is_empty() {
+        if status_of(before) != pb::Status::Connecting {
+            record.status_before_consent = before.status;
+        }
+        record.status = pb::Status::Connecting as i32;
+        // A new attempt: the last one's error no longer describes the connection.
+        record.last_error.clear();
+    }
+    record.pending_consent = key.clone();
+    ConnectionWrite {
+        name: name.to_owned(),
+        expected_version: before.version,
+        record,
+        put_consent: Some((key, consent)),
+        remove_consent: non_empty(&before.pending_consent),
     }
 }
 

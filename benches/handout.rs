@@ -1,2 +1,692 @@
-//! Placeholder: being written.
-fn main() {}
+//! Token hand-out throughput and latency, tokend against the bare gRPC stack, side by side.
+//!
+//! - Server A: the real daemon in-process (`Daemon::start`, temp data directory, an admin and a
+//!   consumer caller), one profile connected through the fake provider, so `GetAccessToken`
+//!   with a one-hour token is answered from the token cache.
+//! - Server B: a bare tonic server implementing the same `tokend.v1.Tokens` service, answering
+//!   the same `AccessToken` message (A's own reply) from an in-memory `HashMap`, with no
+//!   authentication (the client sends the same bearer header to both).
+//!
+//! The binary re-executes itself in three roles: the orchestrator (default) starts A and B
+//! pinned to CPU 0 (`taskset -c 0`), then runs load rounds A, B, A, B… from a load process
+//! pinned to CPU 1, reading each server's CPU time (`/proc/<pid>/stat`, utime + stime) at the
+//! start and end of every measured window; `--serve a|b` runs a server until its stdin closes;
+//! `--load` generates load and prints its figures.
+//!
+//! Flags: `--connections N` (HTTP/2 connections, 4), `--concurrency M` (calls in flight per
+//! connection, 64), `--seconds D` (measured window, 5), `--warmup W` (seconds before it, 1),
+//! `--rounds R` (3), `--rate RPS` (also run fixed-rate rounds at RPS calls per second, 0: off),
+//! `--big-token` (a 1 KiB access token: A's profile uses client credentials against the fast
+//! provider of `support/fast_provider.rs`, instead of the fake provider's 32-byte token),
+//! `--h2load` (also run h2load rounds, when `h2load` is installed), `--h2load-requests N`
+//! (300000), `--no-closed` (skip the closed-loop series), `--no-pin` (do not use taskset).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/fake_provider.rs"]
+mod fake_provider;
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::{Child, ChildStdout, Command};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use tokend::api::pb;
+use tokend::api::pb::tokens_server::{Tokens, TokensServer};
+use tokend::daemon::{Daemon, StartOptions};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use support::{ADMIN, Args, CONSUMER, TokensApi};
+
+/// The profile every call asks for.
+const PROFILE: &str = "mail-bench";
+
+fn main() {
+    let args =
+        Args::from_env_or_smoke(&["--rounds", "1", "--seconds", "0.3", "--warmup", "0.1", "--rate", "200", "--no-pin"]);
+    match args.value("--serve") {
+        Some("a") => serve_a(args.has("--big-token")),
+        Some("b") => serve_b(&args),
+        Some(other) => panic!("--serve {other}: expected a or b"),
+        None if args.has("--load") => load(&args),
+        None => orchestrate(&args),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+/// Server A: the daemon, one connected profile; prints `READY <addr> <reply hex>`. With
+/// `big_token`, the profile uses client credentials against the fast provider (a 1 KiB access
+/// token); otherwise the authorization-code flow against the fake provider (32 bytes).
+fn serve_a(big_token: bool) {
+    support::runtime().block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let provider = fake_provider::FakeProvider::start().await;
+        let fast = support::fast_provider::FastProvider::start(0).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let daemon =
+            Daemon::start(support::bench_config(dir.path()), StartOptions::default()).await.expect("daemon starts");
+        let mut apps = support::apps_client(daemon.grpc_addr, ADMIN).await;
+        if big_token {
+            connect_client_credentials(&mut apps, &fast.token_endpoint()).await;
+        } else {
+            let endpoints = support::ProviderEndpoints {
+                authorization: provider.authorization_endpoint(),
+                token: provider.token_endpoint(),
+                revocation: provider.revocation_endpoint(),
+            };
+            support::create_and_connect(&mut apps, PROFILE, &endpoints).await;
+        }
+        let mut tokens = support::tokens_client(daemon.grpc_addr, CONSUMER).await;
+        let reply = tokens.get_access_token(support::get_token(PROFILE, None)).await.expect("GetAccessToken");
+        println!("READY {} {}", daemon.grpc_addr, to_hex(&reply.into_inner().encode_to_vec()));
+        stdin_closed().await;
+        daemon.stop().await;
+        drop(provider);
+    });
+}
+
+/// Creates the profile with the client-credentials grant against `token_endpoint`; Connect
+/// fetches its token at once.
+async fn connect_client_credentials(apps: &mut support::AppsApi, token_endpoint: &str) {
+    let profile = pb::Profile {
+        name: PROFILE.into(),
+        provider: "custom".into(),
+        grant: pb::Grant::ClientCredentials as i32,
+        client_id: "bench-client".into(),
+        client_secret: "bench-secret".into(),
+        token_endpoint: token_endpoint.into(),
+        ..Default::default()
+    };
+    apps.create_profile(pb::CreateProfileRequest { profile: Some(profile) }).await.expect("CreateProfile");
+    let start = apps.connect(pb::ConnectRequest { name: PROFILE.into() }).await.expect("Connect").into_inner();
+    assert_eq!(start.status, pb::Status::Connected as i32, "client credentials connect at once");
+}
+
+/// The bare `Tokens` service of server B.
+struct BareTokens {
+    tokens: Arc<HashMap<String, pb::AccessToken>>,
+}
+
+#[tonic::async_trait]
+impl Tokens for BareTokens {
+    async fn get_access_token(
+        &self,
+        request: Request<pb::GetAccessTokenRequest>,
+    ) -> Result<Response<pb::AccessToken>, Status> {
+        let name = &request.get_ref().name;
+        self.tokens.get(name).cloned().map(Response::new).ok_or_else(|| Status::not_found(name.clone()))
+    }
+
+    type WatchAccessTokenStream = Pin<Box<dyn futures::Stream<Item = Result<pb::AccessToken, Status>> + Send>>;
+
+    async fn watch_access_token(
+        &self,
+        _request: Request<pb::WatchAccessTokenRequest>,
+    ) -> Result<Response<Self::WatchAccessTokenStream>, Status> {
+        Err(Status::unimplemented("not part of the benchmark"))
+    }
+}
+
+/// Server B: the bare service answering `--token-hex` (an encoded `AccessToken`); prints
+/// `READY <addr>`.
+fn serve_b(args: &Args) {
+    let reply = pb::AccessToken::decode(from_hex(args.value("--token-hex").expect("--token-hex")).as_slice())
+        .expect("--token-hex: an encoded AccessToken");
+    let tokens = Arc::new(HashMap::from([(reply.name.clone(), reply)]));
+    support::runtime().block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let server = tonic::transport::Server::builder()
+            .add_service(TokensServer::new(BareTokens { tokens }))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stdin_closed());
+        println!("READY {addr}");
+        server.await.expect("bare server");
+    });
+}
+
+/// Resolves when this process's stdin reaches end of file (the orchestrator closed it or died).
+async fn stdin_closed() {
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            line.clear();
+        }
+    })
+    .await;
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Vec<u8> {
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generator
+
+/// The measured window of a load run.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// When load starts (warm-up begins).
+    start: Instant,
+    /// When measurement starts.
+    from: Instant,
+    /// When measurement (and load) ends.
+    to: Instant,
+}
+
+/// What a load run saw inside the window.
+#[derive(Debug, Default)]
+struct Samples {
+    /// Latencies of successful calls, in microseconds.
+    latencies: Vec<u32>,
+    /// Failed calls.
+    errors: u64,
+    /// The first failure, for the log.
+    first_error: Option<String>,
+    /// Calls that completed at any time, window or not (what the server answered).
+    completed: u64,
+}
+
+impl Samples {
+    fn record(&mut self, result: Result<(), Status>, micros: u128) {
+        match result {
+            Ok(()) => self.latencies.push(u32::try_from(micros).unwrap_or(u32::MAX)),
+            Err(status) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| format!("{status:?}"));
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Samples) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.completed += other.completed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// One `GetAccessToken` call, its reply dropped.
+async fn call(client: &mut TokensApi) -> Result<(), Status> {
+    client.get_access_token(support::get_token(PROFILE, None)).await.map(drop)
+}
+
+/// The load role: `--target ADDR`, closed loop (`--connections` × `--concurrency`) or open loop
+/// (`--rate`). Prints `MEASURE_START`, `MEASURE_END`, then
+/// `RESULT calls errors p50 p99 p999 max completed` (latencies in µs; `completed` counts every
+/// call answered, in the window or not).
+fn load(args: &Args) {
+    let target: SocketAddr = args.value("--target").expect("--target").parse().expect("--target address");
+    let connections: usize = args.parsed("--connections", 4);
+    let concurrency: usize = args.parsed("--concurrency", 64);
+    let rate: f64 = args.parsed("--rate", 0.0);
+    let warmup = Duration::from_secs_f64(args.parsed("--warmup", 1.0));
+    let seconds = Duration::from_secs_f64(args.parsed("--seconds", 5.0));
+    support::runtime().block_on(async move {
+        let mut clients = Vec::new();
+        for _ in 0..connections {
+            clients.push(support::tokens_client(target, CONSUMER).await);
+        }
+        let start = Instant::now();
+        let window = Window { start, from: start + warmup, to: start + warmup + seconds };
+        let markers = tokio::spawn(async move {
+            tokio::time::sleep_until(window.from).await;
+            println!("MEASURE_START");
+            tokio::time::sleep_until(window.to).await;
+            println!("MEASURE_END");
+        });
+        let mut samples = if rate > 0.0 {
+            open_loop(&clients, rate, window).await
+        } else {
+            closed_loop(&clients, concurrency, window).await
+        };
+        markers.await.expect("marker task");
+        if let Some(error) = &samples.first_error {
+            eprintln!("load: {} failed calls; first: {error}", samples.errors);
+        }
+        samples.latencies.sort_unstable();
+        let l = &samples.latencies;
+        let p = |q| support::percentile(l, q);
+        let (calls, errors, completed) = (l.len(), samples.errors, samples.completed);
+        println!("RESULT {calls} {errors} {} {} {} {} {completed}", p(50.0), p(99.0), p(99.9), p(100.0));
+    });
+}
+
+/// `concurrency` callers per connection, each calling back to back until the window ends.
+async fn closed_loop(clients: &[TokensApi], concurrency: usize, window: Window) -> Samples {
+    let mut tasks = Vec::new();
+    for client in clients {
+        for _ in 0..concurrency {
+            let mut client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Samples::default();
+                loop {
+                    let begun = Instant::now();
+                    if begun >= window.to {
+                        return samples;
+                    }
+                    let result = call(&mut client).await;
+                    let ended = Instant::now();
+                    samples.completed += 1;
+                    if begun >= window.from && ended <= window.to {
+                        samples.record(result, (ended - begun).as_micros());
+                    }
+                }
+            }));
+        }
+    }
+    let mut all = Samples::default();
+    for task in tasks {
+        all.merge(task.await.expect("load task"));
+    }
+    all
+}
+
+/// Calls started at `rate` per second, round-robin over the connections, whatever the replies
+/// do; latency counts from when a call was due (no coordinated omission).
+async fn open_loop(clients: &[TokensApi], rate: f64, window: Window) -> Samples {
+    let mut tasks = Vec::new();
+    let mut sent: u64 = 0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        if now >= window.to {
+            break;
+        }
+        let due = ((now - window.start).as_secs_f64() * rate) as u64;
+        while sent < due {
+            let intended = window.start + Duration::from_secs_f64(sent as f64 / rate);
+            let mut client = clients[sent as usize % clients.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let result = call(&mut client).await;
+                (intended, Instant::now(), result)
+            }));
+            sent += 1;
+        }
+    }
+    let mut samples = Samples::default();
+    for task in tasks {
+        let (intended, ended, result) = task.await.expect("load task");
+        samples.completed += 1;
+        if intended >= window.from && intended < window.to {
+            samples.record(result, (ended - intended).as_micros());
+        }
+    }
+    samples
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orchestrator
+
+/// A running server process.
+struct Server {
+    /// `A tokend` or `B bare`.
+    label: &'static str,
+    child: Child,
+    addr: SocketAddr,
+    /// Kept open: a server writing to a closed pipe would fail.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    /// Starts `--serve <role>` (pinned to CPU 0 when `pin`) and reads its `READY` line: the
+    /// address and, for A, the reply it hands out (hex).
+    fn start(label: &'static str, pin: bool, args: &[String]) -> (Self, Option<String>) {
+        let mut child = support::spawn_self(pin.then_some("0"), args);
+        let mut stdout = BufReader::new(child.stdout.take().expect("server stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("server READY line");
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("READY"), "server said {line:?}");
+        let addr = words.next().expect("address").parse().expect("server address");
+        (Self { label, child, addr, _stdout: stdout }, words.next().map(str::to_owned))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes the server's stdin (it shuts down) and waits for it.
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// One measured round against one server.
+#[derive(Debug, Clone)]
+struct Round {
+    label: &'static str,
+    calls: u64,
+    errors: u64,
+    seconds: f64,
+    p50: u32,
+    p99: u32,
+    p999: u32,
+    max: u32,
+    server_cpu_us: u64,
+    client_cpu_us: u64,
+}
+
+impl Round {
+    fn rps(&self) -> f64 {
+        self.calls as f64 / self.seconds
+    }
+
+    fn cpu_per_call(&self) -> f64 {
+        self.server_cpu_us as f64 / self.calls.max(1) as f64
+    }
+
+    fn print(&self, n: usize) {
+        println!(
+            "round {n} {:<9} {:>9.0} req/s  p50 {} ms  p99 {} ms  p99.9 {} ms  max {} ms  errors {}  | server CPU {:>6.2} µs/call ({:>3.0}% of a core) | client CPU {:>3.0}%",
+            self.label,
+            self.rps(),
+            support::ms(self.p50),
+            support::ms(self.p99),
+            support::ms(self.p999),
+            support::ms(self.max),
+            self.errors,
+            self.cpu_per_call(),
+            self.server_cpu_us as f64 / (self.seconds * 1e4),
+            self.client_cpu_us as f64 / (self.seconds * 1e4),
+        );
+    }
+}
+
+/// Runs one load process (pinned to CPU 1 when `pin`) against `server`; samples both
+/// processes' CPU time at the window's start and end markers.
+fn run_round(server: &Server, pin: bool, load_args: &[String], seconds: f64) -> Round {
+    let mut args = vec!["--load".to_owned(), "--target".to_owned(), server.addr.to_string()];
+    args.extend_from_slice(load_args);
+    let mut child = support::spawn_self(pin.then_some("1"), &args);
+    let lines = BufReader::new(child.stdout.take().expect("load stdout")).lines();
+    let (mut server_cpu, mut client_cpu, mut result) = ((0, 0), (0, 0), None);
+    for line in lines {
+        let line = line.expect("load stdout");
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["MEASURE_START"] => {
+                server_cpu.0 = support::cpu_micros(server.pid());
+                client_cpu.0 = support::cpu_micros(child.id());
+            }
+            ["MEASURE_END"] => {
+                server_cpu.1 = support::cpu_micros(server.pid());
+                client_cpu.1 = support::cpu_micros(child.id());
+            }
+            ["RESULT", figures @ ..] => {
+                result = Some(figures.iter().map(|f| f.parse::<u64>().expect("RESULT figure")).collect::<Vec<_>>())
+            }
+            _ => println!("load: {line}"),
+        }
+    }
+    assert!(child.wait().expect("load process").success(), "load process failed");
+    let r = result.expect("RESULT line");
+    Round {
+        label: server.label,
+        calls: r[0],
+        errors: r[1],
+        seconds,
+        p50: r[2] as u32,
+        p99: r[3] as u32,
+        p999: r[4] as u32,
+        max: r[5] as u32,
+        server_cpu_us: server_cpu.1 - server_cpu.0,
+        client_cpu_us: client_cpu.1 - client_cpu.0,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs `rounds` rounds alternating A and B, prints each round, its A/B ratios, and a summary.
+fn series(title: &str, servers: &[Server; 2], pin: bool, load_args: &[String], seconds: f64, rounds: usize) {
+    println!("\n== {title}");
+    let mut all: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    for n in 1..=rounds {
+        for (i, server) in servers.iter().enumerate() {
+            let round = run_round(server, pin, load_args, seconds);
+            round.print(n);
+            all[i].push(round);
+        }
+        let (a, b) = (&all[0][n - 1], &all[1][n - 1]);
+        println!(
+            "round {n} ratio A/B: throughput {:.3}, server CPU per call {:.3}",
+            a.rps() / b.rps(),
+            a.cpu_per_call() / b.cpu_per_call()
+        );
+    }
+    summarize(title, &all);
+}
+
+/// Medians over the rounds, and the median (and range) of the per-round A/B ratios: a round
+/// of A and the round of B right after it saw about the same background load, so their ratio
+/// is steadier than either figure on a shared machine.
+fn summarize(title: &str, all: &[Vec<Round>; 2]) {
+    let med = |i: usize, f: fn(&Round) -> f64| median(all[i].iter().map(f).collect());
+    let paired = |f: fn(&Round) -> f64| {
+        let ratios: Vec<f64> = all[0].iter().zip(&all[1]).map(|(a, b)| f(a) / f(b)).collect();
+        let (low, high) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), &r| (l.min(r), h.max(r)));
+        format!("{:.3} (range {low:.3}..{high:.3})", median(ratios))
+    };
+    let (rps_a, rps_b) = (med(0, Round::rps), med(1, Round::rps));
+    let (cpu_a, cpu_b) = (med(0, Round::cpu_per_call), med(1, Round::cpu_per_call));
+    let ms = |i: usize, f: fn(&Round) -> f64| med(i, f) / 1000.0;
+    println!(
+        "SUMMARY {title}: A {rps_a:.0} req/s, B {rps_b:.0} req/s; server CPU A {cpu_a:.2} µs/call, B {cpu_b:.2} µs/call; \
+         p50 A {:.3} ms B {:.3} ms; p99 A {:.3} ms B {:.3} ms; p99.9 A {:.3} ms B {:.3} ms",
+        ms(0, |r| f64::from(r.p50)),
+        ms(1, |r| f64::from(r.p50)),
+        ms(0, |r| f64::from(r.p99)),
+        ms(1, |r| f64::from(r.p99)),
+        ms(0, |r| f64::from(r.p999)),
+        ms(1, |r| f64::from(r.p999)),
+    );
+    println!(
+        "SUMMARY {title}: throughput A/B {:.3} (ratio of medians), {} (median of paired rounds), target >= 0.90; \
+         server CPU per call A/B {:.3} (ratio of medians), {} (median of paired rounds), target <= 1.15",
+        rps_a / rps_b,
+        paired(Round::rps),
+        cpu_a / cpu_b,
+        paired(Round::cpu_per_call),
+    );
+}
+
+/// The default role: starts both servers, runs the closed-loop series, the fixed-rate series
+/// (`--rate`) and the h2load series (`--h2load`), then stops the servers.
+fn orchestrate(args: &Args) {
+    let pin = !args.has("--no-pin") && support::taskset_available();
+    let connections: usize = args.parsed("--connections", 4);
+    let concurrency: usize = args.parsed("--concurrency", 64);
+    let seconds: f64 = args.parsed("--seconds", 5.0);
+    let warmup: f64 = args.parsed("--warmup", 1.0);
+    let rounds: usize = args.parsed("--rounds", 3);
+    let rate: f64 = args.parsed("--rate", 0.0);
+    println!("machine: {}; load average {}", support::machine_summary(), support::load_average());
+    println!(
+        "pinning: {}",
+        if pin { "servers on CPU 0, load generator on CPU 1 (taskset)" } else { "none (--no-pin or no taskset)" }
+    );
+    let mut a_args = vec!["--serve".to_owned(), "a".to_owned()];
+    if args.has("--big-token") {
+        a_args.push("--big-token".to_owned());
+    }
+    let (a, token_hex) = Server::start("A tokend", pin, &a_args);
+    let token_hex = token_hex.expect("server A prints the reply it hands out");
+    let reply = pb::AccessToken::decode(from_hex(&token_hex).as_slice()).expect("A's reply");
+    println!("reply: {} bytes encoded, access token {} bytes", token_hex.len() / 2, reply.access_token.len());
+    let (b, _) = Server::start("B bare", pin, &["--serve".into(), "b".into(), "--token-hex".into(), token_hex]);
+    println!("A (tokend) on {}, B (bare tonic) on {}", a.addr, b.addr);
+    let servers = [a, b];
+    let common =
+        ["--connections", &connections.to_string(), "--warmup", &warmup.to_string(), "--seconds", &seconds.to_string()]
+            .map(str::to_owned);
+    let mut closed = common.to_vec();
+    closed.extend(["--concurrency".to_owned(), concurrency.to_string()]);
+    let title = format!("closed loop: {connections} connections x {concurrency} calls in flight, {seconds} s");
+    if !args.has("--no-closed") {
+        series(&title, &servers, pin, &closed, seconds, rounds);
+    }
+    if rate > 0.0 {
+        let mut open = common.to_vec();
+        open.extend(["--rate".to_owned(), rate.to_string()]);
+        let title = format!("fixed rate: {rate} calls/s over {connections} connections, {seconds} s");
+        series(&title, &servers, pin, &open, seconds, rounds);
+    }
+    if args.has("--h2load") {
+        h2load_series(&servers, pin, connections, concurrency, args.parsed("--h2load-requests", 300_000), rounds);
+    }
+    println!("\nload average at the end: {}", support::load_average());
+    let [a, b] = servers;
+    a.stop();
+    b.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// h2load
+
+/// The gRPC request body h2load sends: a length-prefixed (uncompressed) `GetAccessTokenRequest`.
+fn grpc_body() -> Vec<u8> {
+    let message = support::get_token(PROFILE, None).encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(message.len()).expect("small message").to_be_bytes());
+    body.extend_from_slice(&message);
+    body
+}
+
+/// The h2load command line against `addr` (without the taskset prefix).
+fn h2load_command(
+    addr: SocketAddr,
+    body: &std::path::Path,
+    requests: u64,
+    connections: usize,
+    streams: usize,
+) -> Vec<String> {
+    [
+        "h2load",
+        "-n",
+        &requests.to_string(),
+        "-c",
+        &connections.to_string(),
+        "-m",
+        &streams.to_string(),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-H",
+        &format!("authorization: Bearer {CONSUMER}"),
+        "-d",
+        &body.display().to_string(),
+        &format!("http://{addr}/tokend.v1.Tokens/GetAccessToken"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Rounds of h2load (pinned to CPU 1) against A and B: req/s, mean latency, reply bytes per
+/// request (equal for A and B when A answered every call with the token), server CPU per call.
+fn h2load_series(servers: &[Server; 2], pin: bool, connections: usize, streams: usize, requests: u64, rounds: usize) {
+    if Command::new("h2load").arg("--version").output().is_err() {
+        println!("\n== h2load: not installed (apt-get install nghttp2-client); skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let body = dir.path().join("get-access-token.grpc");
+    std::fs::write(&body, grpc_body()).expect("write h2load body");
+    println!("\n== h2load: {requests} requests, {connections} connections x {streams} streams");
+    println!("   body: printf '{}' | xxd -r -p > get-access-token.grpc", to_hex(&grpc_body()));
+    let mut ratios = (Vec::new(), Vec::new());
+    for n in 1..=rounds {
+        let mut figures = Vec::new();
+        for server in servers {
+            let command = h2load_command(server.addr, &body, requests, connections, streams);
+            if n == 1 {
+                println!("   {}: {}{}", server.label, if pin { "taskset -c 1 " } else { "" }, shell_words(&command));
+            }
+            let (rps, per_call) = h2load_round(server, pin, &command, requests, n);
+            figures.push((rps, per_call));
+        }
+        ratios.0.push(figures[0].0 / figures[1].0);
+        ratios.1.push(figures[0].1 / figures[1].1);
+        println!("round {n} ratio A/B: throughput {:.3}, server CPU per call {:.3}", ratios.0[n - 1], ratios.1[n - 1]);
+    }
+    println!(
+        "SUMMARY h2load: throughput A/B {:.3}, server CPU per call A/B {:.3} (medians of paired rounds; \
+         targets >= 0.90 and <= 1.15)",
+        median(ratios.0),
+        median(ratios.1)
+    );
+}
+
+/// One h2load run against `server`: prints and returns (req/s, server CPU µs per call).
+fn h2load_round(server: &Server, pin: bool, command: &[String], requests: u64, n: usize) -> (f64, f64) {
+    let (before, started) = (support::cpu_micros(server.pid()), std::time::Instant::now());
+    let output = pinned(pin, command).output().expect("run h2load");
+    let (cpu, wall) = (support::cpu_micros(server.pid()) - before, started.elapsed());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (rps, mean, data_bytes, succeeded) = parse_h2load(&text);
+    let per_call = cpu as f64 / requests as f64;
+    println!(
+        "round {n} {:<9} {rps:>9.0} req/s  mean {mean}  succeeded {succeeded}  reply data {:.1} B/request | server CPU {per_call:.2} µs/call ({:.0}% of a core)",
+        server.label,
+        data_bytes / requests as f64,
+        cpu as f64 / (wall.as_secs_f64() * 1e4),
+    );
+    (rps, per_call)
+}
+
+/// `command`, prefixed with `taskset -c 1` when pinning.
+fn pinned(pin: bool, command: &[String]) -> Command {
+    let mut c = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1"]).arg(&command[0]);
+        c
+    } else {
+        Command::new(&command[0])
+    };
+    c.args(&command[1..]);
+    c
+}
+
+fn shell_words(command: &[String]) -> String {
+    command.iter().map(|w| if w.contains(' ') { format!("'{w}'") } else { w.clone() }).collect::<Vec<_>>().join(" ")
+}
+
+/// (req/s, mean request time, reply DATA bytes in total, succeeded requests) from h2load's report.
+fn parse_h2load(text: &str) -> (f64, String, f64, u64) {
+    let mut figures = (0.0, String::new(), 0.0, 0);
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("finished in ") {
+            figures.0 = rest.split(", ").nth(1).and_then(|s| s.trim_end_matches(" req/s").parse().ok()).unwrap_or(0.0);
+        } else if let Some(rest) = line.strip_prefix("requests: ") {
+            figures.3 =
+                rest.split(", ").find_map(|s| s.strip_suffix(" succeeded")).and_then(|s| s.parse().ok()).unwrap_or(0);
+        } else if let Some(rest) = line.strip_prefix("traffic: ") {
+            // "2.29MB (2400530) total, 392.97KB (402400) headers (space savings 93.42%), 1.53MB (1600000) data"
+            figures.2 = rest
+                .split(", ")
+                .find_map(|s| s.strip_suffix(") data"))
+                .and_then(|s| s.rsplit('(').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+        } else if let Some(rest) = line.strip_prefix("time for request:") {
+            figures.1 = rest.split_whitespace().nth(2).unwrap_or("?").to_owned();
+        }
+    }
+    figures
+}

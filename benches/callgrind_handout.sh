@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Instructions per GetAccessToken call, tokend (server A) against the bare tonic server (B),
+# counted by callgrind: user-space instruction counts do not depend on what else the machine is
+# running, so the A/B ratio is steadier than CPU time on a shared machine.
+#
+# Each server runs under `valgrind --tool=callgrind --instr-atstart=no`; counting is switched on
+# (callgrind_control -i on) once it is serving, a load process runs for SECONDS (4 connections ×
+# 16 calls in flight), counting is switched off, and the server exits when its stdin closes.
+#
+# Caveats: valgrind hides SHA extensions from the CPU, so tokend's SHA-256 of the bearer token
+# runs the portable code (about 3,500 instructions instead of a few hundred); kernel time
+# (syscalls) is not counted.
+#
+# Usage: benches/callgrind_handout.sh [--big-token] [SECONDS]   (from the repository root)
+# HANDOUT_BIN may name an already built handout bench binary.
+set -euo pipefail
+
+big=()
+if [[ "${1:-}" == "--big-token" ]]; then big=(--big-token); shift; fi
+seconds="${1:-10}"
+bin="${HANDOUT_BIN:-}"
+if [[ -z "$bin" ]]; then
+  bin=$(cargo bench --no-run --bench handout 2>&1 | sed -n 's/.*Executable benches\/handout.rs (\(.*\))/\1/p')
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# run_server LABEL ARGS... → prints "LABEL calls instructions"; leaves the reply hex in $work/LABEL.out
+run_server() {
+  local label=$1; shift
+  mkfifo "$work/$label.in"
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.$label" \
+    "$bin" --serve "$@" <"$work/$label.in" >"$work/$label.out" 2>"$work/$label.err" &
+  local vpid=$!
+  exec 7>"$work/$label.in"
+  until grep -q READY "$work/$label.out"; do sleep 1; done
+  local addr
+  addr=$(awk '{print $2}' "$work/$label.out")
+  callgrind_control -i on "$vpid" >/dev/null 2>&1
+  local calls
+  calls=$("$bin" --load --target "$addr" --connections 4 --concurrency 16 --warmup 0 --seconds "$seconds" |
+    awk '/^RESULT/ {print $8}')
+  callgrind_control -i off "$vpid" >/dev/null 2>&1
+  exec 7>&-
+  wait "$vpid"
+  local ir
+  ir=$(callgrind_annotate "$work/cg.$label" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  echo "$label $calls $ir"
+}
+
+a=$(run_server a a "${big[@]}")
+hex=$(awk '{print $3}' "$work/a.out")
+b=$(run_server b b --token-hex "$hex")
+echo "$a" "$b" | awk '{
+  pa = $3 / $2; pb = $6 / $5;
+  printf "A tokend: %d calls, %.0f instructions per call\n", $2, pa;
+  printf "B bare:   %d calls, %.0f instructions per call\n", $5, pb;
+  printf "A/B: %.3f\n", pa / pb }'

@@ -11,6 +11,7 @@ use std::fmt;
 use std::io::Write as _;
 use std::path::Path;
 
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -22,6 +23,11 @@ use zeroize::Zeroizing;
 const SEALED_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
 const HEADER_LEN: usize = 1 + 4 + NONCE_LEN;
+/// The store's `meta` entry holding a sealed known text, which tells at start whether the
+/// configured key is the store's.
+pub const CANARY_META_KEY: &str = "key_canary";
+/// The canary's plaintext.
+pub const CANARY_TEXT: &[u8] = b"tokend key canary v1";
 /// Key length in bytes (256-bit keys).
 pub const KEY_LEN: usize = 32;
 
@@ -87,17 +93,23 @@ struct Key {
     cipher: XChaCha20Poly1305,
 }
 
-/// The keys tokend can open values with, and the one it seals new values with.
-pub struct KeyRing {
+/// One generation of the ring: its keys and the active one.
+struct Keys {
     keys: HashMap<u32, Key>,
     active: u32,
 }
 
+/// The keys tokend can open values with, and the one it seals new values with. The ring can be
+/// replaced while the daemon runs ([`KeyRing::replace`]), so a new active key loads on SIGHUP
+/// without a restart; readers always see one whole generation.
+pub struct KeyRing {
+    current: ArcSwap<Keys>,
+}
+
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut ids: Vec<_> = self.keys.keys().map(|id| format!("{id:08x}")).collect();
-        ids.sort();
-        f.debug_struct("KeyRing").field("active", &format_args!("{:08x}", self.active)).field("ids", &ids).finish()
+        let ids: Vec<_> = self.ids().iter().map(|id| format!("{id:08x}")).collect();
+        f.debug_struct("KeyRing").field("active", &format_args!("{:08x}", self.active_id())).field("ids", &ids).finish()
     }
 }
 
@@ -115,29 +127,45 @@ impl KeyRing {
         let cipher = XChaCha20Poly1305::new(key.into());
         let mut keys = HashMap::new();
         keys.insert(id, Key { id, cipher });
-        Self { keys, active: id }
+        Self { current: ArcSwap::from_pointee(Keys { keys, active: id }) }
     }
 
     /// A ring from several keys; the first is active.
     pub fn from_keys(keys: &[Zeroizing<[u8; KEY_LEN]>]) -> Result<Self, CryptoError> {
         let (first, rest) = keys.split_first().ok_or(CryptoError::BadKey)?;
-        let mut ring = Self::single(first);
+        let id = key_id(first);
+        let mut map = HashMap::new();
+        map.insert(id, Key { id, cipher: XChaCha20Poly1305::new((&**first).into()) });
         for key in rest {
             let id = key_id(key);
-            let cipher = XChaCha20Poly1305::new((&**key).into());
-            ring.keys.insert(id, Key { id, cipher });
+            map.entry(id).or_insert_with(|| Key { id, cipher: XChaCha20Poly1305::new((&**key).into()) });
         }
-        Ok(ring)
+        Ok(Self { current: ArcSwap::from_pointee(Keys { keys: map, active: id }) })
+    }
+
+    /// Makes `other`'s keys this ring's keys: values sealed from now on use its active key.
+    /// Values sealed under a key that `other` lacks no longer open, so callers check first
+    /// that no stored value still needs such a key.
+    pub fn replace(&self, other: KeyRing) {
+        self.current.store(other.current.into_inner());
     }
 
     /// The id of the key new values are sealed under.
     pub fn active_id(&self) -> u32 {
-        self.active
+        self.current.load().active
+    }
+
+    /// The ids of every key in the ring, sorted.
+    pub fn ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.current.load().keys.keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Seals `plaintext` for `owner` (a profile name, or "" for store-wide values).
     pub fn seal(&self, purpose: Purpose, owner: &str, plaintext: &[u8]) -> Vec<u8> {
-        let Some(key) = self.keys.get(&self.active) else {
+        let current = self.current.load();
+        let Some(key) = current.keys.get(&current.active) else {
             // The active key is always in the ring: both constructors put it there.
             return Vec::new();
         };
@@ -167,7 +195,8 @@ impl KeyRing {
             return Err(CryptoError::Malformed);
         }
         let id = u32::from_be_bytes([sealed[1], sealed[2], sealed[3], sealed[4]]);
-        let key = self.keys.get(&id).ok_or(CryptoError::UnknownKey(id))?;
+        let current = self.current.load();
+        let key = current.keys.get(&id).ok_or(CryptoError::UnknownKey(id))?;
         let mut nonce_bytes = [0u8; NONCE_LEN];
         nonce_bytes.copy_from_slice(&sealed[5..HEADER_LEN]);
         let nonce = XNonce::from(nonce_bytes);
@@ -264,6 +293,21 @@ mod tests {
         let sealed = ring().seal(Purpose::Canary, "", b"canary");
         let other = KeyRing::single(&[8u8; KEY_LEN]);
         assert!(matches!(other.open(Purpose::Canary, "", &sealed), Err(CryptoError::UnknownKey(_))));
+    }
+
+    /// A replaced ring seals under its own active key; a value of a key it lacks no longer opens.
+    #[test]
+    fn replaced_ring_takes_over() {
+        let ring = ring();
+        let old = ring.seal(Purpose::RefreshToken, "p", b"rt");
+        ring.replace(KeyRing::from_keys(&[Zeroizing::new([9u8; KEY_LEN]), Zeroizing::new([7u8; KEY_LEN])]).unwrap());
+        assert_eq!(ring.active_id(), key_id(&[9u8; KEY_LEN]));
+        assert_eq!(&**ring.open(Purpose::RefreshToken, "p", &old).unwrap(), b"rt");
+        let new = ring.seal(Purpose::RefreshToken, "p", b"rt");
+        assert_eq!(KeyRing::sealed_key_id(&new), Some(key_id(&[9u8; KEY_LEN])));
+        ring.replace(KeyRing::single(&[9u8; KEY_LEN]));
+        assert!(matches!(ring.open(Purpose::RefreshToken, "p", &old), Err(CryptoError::UnknownKey(_))));
+        assert_eq!(ring.ids(), vec![key_id(&[9u8; KEY_LEN])]);
     }
 
     /// Tampering with any byte makes opening fail.

@@ -236,3 +236,50 @@ async fn exit_codes_tell_scripts_what_failed() {
     let out = run(&daemon, &["delete", "box-ops"]).await;
     assert_eq!(stdout(&out).trim_end(), "box-ops deleted: no tokens were held");
 }
+
+/// `backup` writes a complete file (mode 0600) and refuses to overwrite one; `rotate-keys`
+/// prints the key table; viewers get exit code 4; completions print without a daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_rotate_keys_and_completions() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "mail-backup", &provider).await;
+
+    let file = daemon.dir.path().join("backup.jsonl");
+    let path = file.to_str().unwrap();
+    let out = run(&daemon, &["backup", path]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("entries"), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.lines().count() > 3 && text.ends_with('\n'));
+    assert!(!daemon.dir.path().join("backup.jsonl.partial").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let again = run(&daemon, &["backup", path]).await;
+    assert_eq!(again.status.code(), Some(2), "an existing file is not overwritten");
+
+    let out = run(&daemon, &["rotate-keys", "--dry-run"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.starts_with("KEY ID"), "{table}");
+    assert!(table.lines().nth(1).is_some_and(|l| l.contains("yes") && l.trim_end().ends_with('4')), "{table}");
+    let out = run(&daemon, &["rotate-keys", "--output", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["unreadable"], 0);
+
+    let mut viewer = tokenctl(&daemon, VIEWER);
+    viewer.args(["rotate-keys", "--dry-run"]);
+    assert_eq!(output(viewer).await.status.code(), Some(4));
+
+    let mut completions = tokenctl_at("http://127.0.0.1:1", "unused");
+    completions.args(["completions", "bash"]);
+    let out = output(completions).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("rotate-keys"));
+    daemon.stop().await;
+}

@@ -38,7 +38,8 @@ enum Command {
     CheckConfig,
     /// Print a new random encryption key (base64 of 32 bytes) for a key file.
     GenKey,
-    /// Back up the store of a stopped daemon as JSON lines (secrets stay sealed).
+    /// Back up the store of a stopped daemon as JSON lines (secrets stay sealed); for a running
+    /// one use `tokenctl backup`.
     Export {
         /// Where to write (default: standard output).
         #[arg(long)]
@@ -49,6 +50,11 @@ enum Command {
         /// The backup file.
         #[arg(long)]
         input: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Print a new caller bearer token and the config line holding its hash.
     MintToken {
@@ -85,7 +91,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::GenKey) => {
-            println!("{}", tokend::crypto::generate_key_text().as_str());
+            let text = tokend::crypto::generate_key_text();
+            match tokend::crypto::decode_key(&text) {
+                Ok(key) => eprintln!(
+                    "key id {:08x} (logs and `tokenctl rotate-keys` name keys by id)",
+                    tokend::crypto::key_id(&key)
+                ),
+                Err(e) => eprintln!("tokend: {e}"),
+            }
+            println!("{}", text.as_str());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Completions { shell }) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "tokend", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
         Some(Command::MintToken { role, name, profiles }) => {

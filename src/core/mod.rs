@@ -8,6 +8,7 @@ mod error;
 mod profiles;
 mod ratelimit;
 mod refresh;
+mod rekey;
 mod schedule;
 mod scheduler;
 mod tokens;
@@ -20,6 +21,7 @@ use tokio::sync::{Notify, Semaphore, broadcast};
 pub use cache::{HotToken, SlotState, TokenCache};
 pub use connect::{ConnectStart, DeviceInstructions, Revocation};
 pub use error::CoreError;
+pub use rekey::{KeyReloadError, KeyUsage, ResealReport};
 pub use schedule::RefreshPolicy;
 pub use scheduler::Scheduler;
 

@@ -1,6 +1,8 @@
-//! Offline backup and restore of the store (the daemon must be stopped: sled locks its
-//! directory). The backup is JSON lines, one entry per line (`tree`, `key`, `value` in base64);
-//! secrets stay sealed, so the backup is only as readable as the key file kept apart from it.
+//! Backup and restore of the store. The backup is JSON lines, one entry per line (`tree`, `key`,
+//! `value` in base64); secrets stay sealed, so the backup is only as readable as the key file
+//! kept apart from it. `tokend export`/`import` work on a stopped daemon's directory (sled locks
+//! it); a running daemon streams the same format through the `Maintenance.Backup` RPC
+//! ([`encode_line`]).
 
 use std::io::{BufRead, Write};
 
@@ -20,16 +22,44 @@ struct Line {
     value: String,
 }
 
+/// One backup line (with its newline) for a store entry.
+pub fn encode_line(tree: &str, key: &[u8], value: &[u8]) -> String {
+    let line = Line { tree: tree.to_owned(), key: STANDARD.encode(key), value: STANDARD.encode(value) };
+    // Serializing three strings cannot fail.
+    let mut text = serde_json::to_string(&line).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 /// Writes every entry of the store in `config.data_dir` to `out`; returns how many.
 pub fn export(config: &Config, out: &mut dyn Write) -> Result<usize, StartError> {
-    let store = open_store(config)?;
-    let entries = store.dump().map_err(|e| StartError::Data(e.to_string()))?;
-    for (tree, key, value) in &entries {
-        let line = Line { tree: tree.clone(), key: STANDARD.encode(key), value: STANDARD.encode(value) };
-        let text = serde_json::to_string(&line).map_err(|e| StartError::Data(e.to_string()))?;
-        writeln!(out, "{text}").map_err(|e| StartError::Data(format!("writing the backup: {e}")))?;
+    let store = match open_store(config) {
+        Err(StartError::Locked(why)) => {
+            return Err(StartError::Locked(format!(
+                "{why}; back up a running daemon with `tokenctl backup FILE` instead"
+            )));
+        }
+        other => other?,
+    };
+    let mut count = 0;
+    let mut failure = None;
+    store
+        .for_each_entry(&mut |tree, key, value| match out.write_all(encode_line(tree, key, value).as_bytes()) {
+            Ok(()) => {
+                count += 1;
+                true
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        })
+        .map_err(|e| StartError::Data(e.to_string()))?;
+    if let Some(e) = failure {
+        return Err(StartError::Data(format!("writing the backup: {e}")));
     }
-    Ok(entries.len())
+    out.flush().map_err(|e| StartError::Data(format!("writing the backup: {e}")))?;
+    Ok(count)
 }
 
 /// Loads a backup into the (empty) store in `config.data_dir`; returns how many entries. The

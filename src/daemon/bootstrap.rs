@@ -11,8 +11,7 @@ use crate::config::Config;
 use crate::crypto::{self, KeyRing, Purpose};
 use crate::store::{SledOptions, SledStore, Store, StoreError};
 
-const CANARY_KEY: &str = "key_canary";
-const CANARY_TEXT: &[u8] = b"tokend key canary v1";
+use crypto::{CANARY_META_KEY as CANARY_KEY, CANARY_TEXT};
 
 /// Creates the data directory (mode 0700) if missing.
 pub fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
@@ -105,6 +104,20 @@ pub fn open_keys(
         }
     }
     Ok(ring)
+}
+
+/// Loads the key ring a running daemon switches to on reload: `TOKEND_KEY` (as given at start)
+/// or the key file as active, then the previous key files. Nothing is generated here.
+pub fn reload_keys(config: &Config, env_key: Option<&Zeroizing<String>>) -> Result<KeyRing, StartError> {
+    let active = match env_key {
+        Some(text) => crypto::decode_key(text).map_err(|e| StartError::Key(format!("TOKEND_KEY: {e}")))?,
+        None => crypto::read_key_file(&config.key_file()).map_err(|e| StartError::Key(e.to_string()))?,
+    };
+    let mut keys = vec![active];
+    for file in &config.keys.previous_key_files {
+        keys.push(crypto::read_key_file(file).map_err(|e| StartError::Key(e.to_string()))?);
+    }
+    KeyRing::from_keys(&keys).map_err(|e| StartError::Key(e.to_string()))
 }
 
 /// The bearer token of the generated admin, used only while no callers are configured: read

@@ -86,6 +86,7 @@ pub struct Daemon {
     pub core: Arc<Core>,
     callers: Callers,
     tls: Option<crate::grpc::tls::SharedTlsConfig>,
+    env_key: Option<Zeroizing<String>>,
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     health: tonic_health::server::HealthReporter,
@@ -111,6 +112,7 @@ impl Daemon {
     pub async fn start(config: Config, options: StartOptions) -> Result<Self, StartError> {
         ensure_data_dir(&config.data_dir)?;
         let store = Arc::new(bootstrap::open_store(&config)?);
+        let env_key = options.env_key.clone();
         let keys = bootstrap::open_keys(&config, store.as_ref(), options.env_key)?;
         let callers = Callers::new(&caller_configs(&config)?);
         let tls = match config.grpc.tls.enabled() {
@@ -194,6 +196,7 @@ impl Daemon {
             core,
             callers,
             tls,
+            env_key,
             shutdown,
             ready,
             health,
@@ -205,7 +208,12 @@ impl Daemon {
 
     /// A handle that applies reloaded configurations (SIGHUP) while the daemon runs.
     pub fn reload_handle(&self) -> ReloadHandle {
-        ReloadHandle { callers: self.callers.clone(), tls: self.tls.clone(), core: Arc::downgrade(&self.core) }
+        ReloadHandle {
+            callers: self.callers.clone(),
+            tls: self.tls.clone(),
+            env_key: self.env_key.clone(),
+            core: Arc::downgrade(&self.core),
+        }
     }
 
     /// A token that stops the daemon when cancelled.
@@ -263,16 +271,19 @@ impl Daemon {
 pub struct ReloadHandle {
     callers: Callers,
     tls: Option<crate::grpc::tls::SharedTlsConfig>,
+    /// The key given in `TOKEND_KEY` at start, if any: it stays the active key across reloads.
+    env_key: Option<Zeroizing<String>>,
     /// Weak: a handle kept by a signal task must not keep the core (and the store's lock)
     /// alive past shutdown.
     core: std::sync::Weak<Core>,
 }
 
 impl ReloadHandle {
-    /// Applies what a reloaded configuration may change without a restart: the callers and the
-    /// TLS certificate. Hand-out tallies gathered so far are written first. Anything else in
-    /// the configuration takes a restart. Declared profiles are reconciled. On error nothing
-    /// changes.
+    /// Applies what a reloaded configuration may change without a restart: the callers, the
+    /// TLS certificate and the key ring (a new active key; previous keys kept or, once nothing
+    /// is sealed under them, dropped). Hand-out tallies gathered so far are written first.
+    /// Anything else in the configuration takes a restart. Declared profiles are reconciled. On
+    /// error nothing changes.
     pub async fn reload(&self, config: &Config) -> Result<(), StartError> {
         let core = self.core.upgrade().ok_or_else(|| StartError::Config("the daemon is shutting down".into()))?;
         let callers = caller_configs(config)?;
@@ -281,10 +292,13 @@ impl ReloadHandle {
             (None, false) => None,
             _ => return Err(StartError::Config("turning TLS on or off takes a restart".into())),
         };
+        let ring = bootstrap::reload_keys(config, self.env_key.as_ref())?;
+        core.check_keys(&ring).await.map_err(|e| StartError::Key(e.to_string()))?;
         crate::declared::reconcile(&core, config)
             .await
             .map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
         crate::audit::write_handouts(&self.callers, core.clock().now_ms());
+        core.install_keys(ring);
         self.callers.replace(&callers);
         if let (Some(shared), Some(tls)) = (&self.tls, tls) {
             shared.store(Arc::new(tls));

@@ -149,7 +149,7 @@ impl ConnectedAppsService {
 
 /// Runs an admin operation for an authenticated admin and writes its audit record (refusals
 /// included).
-async fn audited<R, T, Fut>(
+pub(super) async fn audited<R, T, Fut>(
     request: Request<R>,
     action: &str,
     profile: impl FnOnce(&R) -> String,

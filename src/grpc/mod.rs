@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod connected_apps;
+mod maintenance;
 mod status;
 pub mod tls;
 mod tokens;
@@ -15,6 +16,7 @@ use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 pub use connected_apps::ConnectedAppsService;
+pub use maintenance::MaintenanceService;
 pub use status::to_status;
 pub use tokens::TokensService;
 
@@ -36,11 +38,15 @@ pub async fn routes(
     ))
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
+    let maintenance = pb::maintenance_server::MaintenanceServer::new(MaintenanceService::new(Arc::clone(&core)))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
     let tokens = pb::tokens_server::TokensServer::new(TokensService::new(core, shutdown))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     reporter.set_serving::<pb::connected_apps_server::ConnectedAppsServer<ConnectedAppsService>>().await;
     reporter.set_serving::<pb::tokens_server::TokensServer<TokensService>>().await;
+    reporter.set_serving::<pb::maintenance_server::MaintenanceServer<MaintenanceService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -51,6 +57,7 @@ pub async fn routes(
     let routes = Routes::new(health)
         .add_service(tonic::service::interceptor::InterceptedService::new(apps, callers.interceptor()))
         .add_service(tonic::service::interceptor::InterceptedService::new(tokens, callers.interceptor()))
+        .add_service(tonic::service::interceptor::InterceptedService::new(maintenance, callers.interceptor()))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     Ok((routes, reporter))

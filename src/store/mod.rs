@@ -73,6 +73,33 @@ pub struct ConnectionWrite {
     pub remove_consent: Option<Vec<u8>>,
 }
 
+/// The trees whose records hold sealed values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedTree {
+    /// Profiles (the client secret).
+    Profiles,
+    /// Connections (access and refresh tokens).
+    Connections,
+    /// Pending consents (PKCE verifiers).
+    Consents,
+}
+
+/// What [`Store::rewrite_records`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewritten {
+    /// Records replaced by their rewritten bytes.
+    pub replaced: u64,
+    /// Records that changed between the read and the write, so they were left to the writer that
+    /// changed them (offer them again in a later pass).
+    pub raced: u64,
+}
+
+/// A rewrite of one record: given its key and bytes, the new bytes, or `None` to leave it.
+pub type RecordRewrite<'a> = dyn FnMut(&[u8], &[u8]) -> Result<Option<Vec<u8>>, StoreError> + 'a;
+
+/// A visitor of store entries: (tree, key, value); returns whether to go on.
+pub type EntryVisit<'a> = dyn FnMut(&str, &[u8], &[u8]) -> bool + 'a;
+
 /// A refresh index entry: when, and which profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueEntry {
@@ -121,6 +148,15 @@ pub trait Store: Send + Sync + 'static {
     /// Loads a backup into an empty store (refused if it holds any profile), in one batch per
     /// tree, then flushes.
     fn restore(&self, entries: &[DumpEntry]) -> Result<(), StoreError>;
+    /// Offers every record of `tree` to `rewrite`; where it returns new bytes, replaces the record
+    /// only if it still holds the bytes offered (compare-and-swap), so a concurrent writer always
+    /// wins and nothing it wrote is lost. Used to re-seal secrets under a new key.
+    /// Calls `visit` with every entry of every tree (tree name, key, value), in tree order, until
+    /// it returns `false`; for backups of a running daemon, which must not hold the whole store
+    /// in memory. Each entry is read atomically; entries of different trees may be from
+    /// slightly different moments (a restore rebuilds the derived refresh index).
+    fn for_each_entry(&self, visit: &mut EntryVisit<'_>) -> Result<(), StoreError>;
+    fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError>;
 }
 
 /// The refresh index key: big-endian time (so keys sort by time), then the name.

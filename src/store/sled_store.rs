@@ -7,8 +7,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Transactional, Tree};
 
 use super::{
-    ConnectionRecord, ConnectionWrite, ConsentRecord, DueEntry, DumpEntry, ProfileRecord, SCHEMA_VERSION, Store,
-    StoreError, due_key, parse_due_key,
+    ConnectionRecord, ConnectionWrite, ConsentRecord, DueEntry, DumpEntry, EntryVisit, ProfileRecord, RecordRewrite,
+    Rewritten, SCHEMA_VERSION, SealedTree, Store, StoreError, due_key, parse_due_key,
 };
 use crate::clock::UnixMillis;
 
@@ -324,12 +324,64 @@ impl Store for SledStore {
         if let Some((unknown, _, _)) = entries.iter().find(|(t, _, _)| !trees.iter().any(|(n, _)| n == t)) {
             return Err(StoreError::Corrupt { tree: "backup", detail: format!("unknown tree {unknown:?}") });
         }
+        self.rebuild_refresh_index()?;
         self.check_schema()?;
         self.flush()
+    }
+
+    fn for_each_entry(&self, visit: &mut EntryVisit<'_>) -> Result<(), StoreError> {
+        for (name, tree) in self.trees() {
+            for item in tree.iter() {
+                let (key, value) = item.map_err(engine)?;
+                if !visit(name, &key, &value) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError> {
+        let tree = self.sealed_tree(tree);
+        let mut done = Rewritten::default();
+        for item in tree.iter() {
+            let (key, old) = item.map_err(engine)?;
+            let Some(new) = rewrite(&key, &old)? else { continue };
+            match tree.compare_and_swap(&key, Some(&old), Some(new)).map_err(engine)? {
+                Ok(()) => done.replaced += 1,
+                Err(_) => done.raced += 1,
+            }
+        }
+        Ok(done)
     }
 }
 
 impl SledStore {
+    /// Rebuilds the refresh index from the connections (the index is derived data; a backup of
+    /// a running daemon may hold an index entry from a moment before or after its connection).
+    fn rebuild_refresh_index(&self) -> Result<(), StoreError> {
+        self.refresh_index.clear().map_err(engine)?;
+        let mut batch = sled::Batch::default();
+        for item in self.connections.iter() {
+            let (key, bytes) = item.map_err(engine)?;
+            let record: ConnectionRecord = decode("connections", &bytes)?;
+            let name = std::str::from_utf8(&key)
+                .map_err(|_| StoreError::Corrupt { tree: "connections", detail: "non-UTF-8 key".into() })?;
+            if record.next_refresh_at_ms > 0 {
+                batch.insert(due_key(record.next_refresh_at_ms, name), &[]);
+            }
+        }
+        self.refresh_index.apply_batch(batch).map_err(engine)
+    }
+
+    fn sealed_tree(&self, tree: SealedTree) -> &Tree {
+        match tree {
+            SealedTree::Profiles => &self.profiles,
+            SealedTree::Connections => &self.connections,
+            SealedTree::Consents => &self.consents,
+        }
+    }
+
     fn trees(&self) -> [(&'static str, &Tree); 5] {
         [
             ("meta", &self.meta),
@@ -399,6 +451,35 @@ mod tests {
         let names = |v: Vec<(ProfileRecord, ConnectionRecord)>| v.into_iter().map(|(p, _)| p.name).collect::<Vec<_>>();
         assert_eq!(names(store.profiles_after("", 2).unwrap()), ["a", "b"]);
         assert_eq!(names(store.profiles_after("b", 2).unwrap()), ["c"]);
+    }
+
+    /// A rewrite replaces what it returns bytes for, and never a record that changed meanwhile.
+    #[test]
+    fn rewrite_is_compare_and_swap() {
+        let store = SledStore::temporary().unwrap();
+        for name in ["a", "b", "c"] {
+            store.insert_profile(&profile(name), &ConnectionRecord::default()).unwrap();
+        }
+        let done = store
+            .rewrite_records(SealedTree::Profiles, &mut |key, bytes| {
+                let mut record: ProfileRecord = decode("profiles", bytes)?;
+                if key == b"b" {
+                    // A concurrent admin update lands between the read and the write.
+                    let mut other = profile("b");
+                    other.description = "admin".into();
+                    store.replace_profile(&other)?;
+                }
+                if key == b"c" {
+                    return Ok(None);
+                }
+                record.description = "rewritten".into();
+                Ok(Some(record.encode_to_vec()))
+            })
+            .unwrap();
+        assert_eq!(done, Rewritten { replaced: 1, raced: 1 });
+        assert_eq!(store.profile("a").unwrap().unwrap().description, "rewritten");
+        assert_eq!(store.profile("b").unwrap().unwrap().description, "admin");
+        assert_eq!(store.profile("c").unwrap().unwrap().description, "");
     }
 
     /// A second opener of the same directory gets `Locked`; a newer schema is refused.

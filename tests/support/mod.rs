@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokend::api::pb;
 use tokend::api::pb::connected_apps_client::ConnectedAppsClient;
+use tokend::api::pb::maintenance_client::MaintenanceClient;
 use tokend::api::pb::tokens_client::TokensClient;
 use tokend::clock::{Clock, FixedJitter, ManualClock, SystemClock};
 use tokend::config::{CallerConfig, Config};
@@ -143,6 +144,10 @@ impl TestDaemon {
     pub async fn tokens(&self, token: &str) -> TokensApi {
         tokens_client(self.daemon().grpc_addr, token).await
     }
+
+    pub async fn maintenance(&self, token: &str) -> MaintenanceApi {
+        maintenance_client(self.daemon().grpc_addr, token).await
+    }
 }
 
 pub async fn start_daemon(config: &Config, clock: Option<ManualClock>) -> Result<Daemon, tokend::daemon::StartError> {
@@ -167,6 +172,7 @@ impl tonic::service::Interceptor for Auth {
 }
 pub type AppsClient = ConnectedAppsClient<InterceptedService<Channel, Auth>>;
 pub type TokensApi = TokensClient<InterceptedService<Channel, Auth>>;
+pub type MaintenanceApi = MaintenanceClient<InterceptedService<Channel, Auth>>;
 
 fn auth(token: &str) -> Auth {
     Auth((!token.is_empty()).then(|| format!("Bearer {token}").parse().expect("ascii token")))
@@ -182,6 +188,10 @@ pub async fn apps_client(addr: std::net::SocketAddr, token: &str) -> AppsClient 
 
 pub async fn tokens_client(addr: std::net::SocketAddr, token: &str) -> TokensApi {
     TokensClient::with_interceptor(channel(addr).await, auth(token))
+}
+
+pub async fn maintenance_client(addr: std::net::SocketAddr, token: &str) -> MaintenanceApi {
+    MaintenanceClient::with_interceptor(channel(addr).await, auth(token))
 }
 
 /// A profile pointing at the fake provider.

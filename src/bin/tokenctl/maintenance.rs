@@ -1,0 +1,133 @@
+//! `rotate-keys` and `backup`: store-wide chores the running daemon does for an admin.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use serde_json::json;
+use tokend::api::pb;
+
+use crate::cli::Output;
+use crate::client::Client;
+use crate::failure::{Failure, Outcome, Reply as _};
+use crate::render::print_table;
+
+impl Client {
+    /// `rotate-keys`: re-seal under the active key, then show which keys seal what.
+    pub(crate) async fn rotate_keys(&mut self, dry_run: bool) -> Outcome {
+        let what = if dry_run { "reading key usage" } else { "re-sealing secrets" };
+        let reply = self.maintenance.rotate_keys(pb::RotateKeysRequest { dry_run }).await.or_fail(&self.hints, what)?;
+        let retired: Vec<&str> = reply
+            .keys
+            .iter()
+            .filter(|k| !k.active && k.loaded && k.sealed_values == 0)
+            .map(|k| k.key_id.as_str())
+            .collect();
+        let still_used: Vec<&pb::KeyUsage> = reply.keys.iter().filter(|k| !k.active && k.sealed_values > 0).collect();
+        match self.output {
+            Output::Json => self.json(&json!({
+                "active_key_id": reply.active_key_id,
+                "resealed": reply.resealed,
+                "unreadable": reply.unreadable,
+                "keys": reply.keys.iter().map(|k| json!({
+                    "key_id": k.key_id, "sealed_values": k.sealed_values, "active": k.active, "loaded": k.loaded,
+                })).collect::<Vec<_>>(),
+            })),
+            Output::Table => {
+                let yes = |b: bool| if b { "yes" } else { "" }.to_owned();
+                let rows: Vec<Vec<String>> = reply
+                    .keys
+                    .iter()
+                    .map(|k| vec![k.key_id.clone(), yes(k.active), yes(k.loaded), k.sealed_values.to_string()])
+                    .collect();
+                print_table(&["KEY ID", "ACTIVE", "LOADED", "SEALED VALUES"], &rows);
+                if !dry_run {
+                    println!("re-sealed {} record(s) under key {}", reply.resealed, reply.active_key_id);
+                }
+                if !retired.is_empty() {
+                    println!(
+                        "no value is sealed under {}: remove it from keys.previous_key_files and reload (SIGHUP)",
+                        retired.join(", ")
+                    );
+                }
+            }
+        }
+        if reply.unreadable > 0 {
+            return Err(Failure::new(
+                1,
+                format!("{} stored value(s) open with no loaded key", reply.unreadable),
+                Some("add the key they were sealed with to keys.previous_key_files and reload".to_owned()),
+            ));
+        }
+        if !dry_run && !still_used.is_empty() {
+            let ids: Vec<&str> = still_used.iter().map(|k| k.key_id.as_str()).collect();
+            return Err(Failure::new(
+                1,
+                format!("values are still sealed under {} (concurrent writes)", ids.join(", ")),
+                Some("run `tokenctl rotate-keys` again".to_owned()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `backup`: stream the store into `output` (written to a temporary name and renamed only
+    /// when complete, so a failed backup never looks like a good one).
+    pub(crate) async fn backup(&mut self, output: &Path) -> Outcome {
+        let mut stream =
+            self.maintenance.backup(pb::BackupRequest {}).await.or_fail(&self.hints, "starting the backup")?;
+        let to_stdout = output == Path::new("-");
+        let mut partial = output.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let mut sink: Box<dyn std::io::Write> = if to_stdout {
+            Box::new(std::io::stdout().lock())
+        } else {
+            if output.exists() {
+                return Err(Failure::new(2, format!("{} exists", output.display()), Some("choose a new file".into())));
+            }
+            let file = create_private(&partial)
+                .map_err(|e| Failure::new(1, format!("creating {}: {e}", partial.display()), None))?;
+            Box::new(std::io::BufWriter::new(file))
+        };
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        let result: Outcome = async {
+            while let Some(chunk) = stream.message().await.map_err(|s| self.hints.fail("reading the backup", &s))? {
+                sink.write_all(&chunk.data).map_err(|e| Failure::new(1, format!("writing the backup: {e}"), None))?;
+                entries += chunk.entries;
+                bytes += chunk.data.len() as u64;
+            }
+            sink.flush().map_err(|e| Failure::new(1, format!("writing the backup: {e}"), None))
+        }
+        .await;
+        drop(sink);
+        if let Err(failure) = result {
+            if !to_stdout {
+                let _ = std::fs::remove_file(&partial);
+            }
+            return Err(failure);
+        }
+        if !to_stdout {
+            std::fs::File::open(&partial)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::rename(&partial, output))
+                .map_err(|e| Failure::new(1, format!("finishing {}: {e}", output.display()), None))?;
+        }
+        let place = if to_stdout { "stdout".to_owned() } else { output.display().to_string() };
+        eprintln!(
+            "backup: {entries} entries, {bytes} bytes written to {place}; restore with `tokend import --input FILE` \
+             into an empty data directory (with the same key)"
+        );
+        Ok(())
+    }
+}
+
+/// Creates a new file readable only by its owner.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)
+}

@@ -66,13 +66,26 @@ fn to_input(declared: &DeclaredProfile, index: usize) -> Result<pb::Profile, Cor
     })
 }
 
-/// Brings the store in line with the declared profiles. All inputs are built (secret files
-/// read) before anything is written, so a missing file changes nothing.
+/// Brings the store in line with the declared profiles. Every declared profile is built (its
+/// secret file read) and validated before anything is written, so a bad entry anywhere in the
+/// list changes nothing.
 pub async fn reconcile(core: &Arc<Core>, config: &Config) -> Result<Reconciled, CoreError> {
     let inputs = config.profiles.iter().enumerate().map(|(i, d)| to_input(d, i)).collect::<Result<Vec<_>, _>>()?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = inputs.iter().find(|p| !seen.insert(p.name.as_str())) {
+        return Err(CoreError::FailedPrecondition(format!("profile {:?} is declared twice", twice.name)));
+    }
+    let plans = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            core.plan_managed(input)
+                .map_err(|e| CoreError::FailedPrecondition(format!("profiles[{i}] ({}): {e}", input.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut report = Reconciled::default();
-    for input in &inputs {
-        match core.upsert_managed(input)? {
+    for (input, plan) in inputs.iter().zip(plans) {
+        match core.apply_managed(plan)? {
             true => report.created.push(input.name.clone()),
             false => report.updated.push(input.name.clone()),
         }

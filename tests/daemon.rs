@@ -672,6 +672,20 @@ async fn declared_profiles() {
         apps.get_profile(pb::GetProfileRequest { name: "declared-box".into() }).await.expect("get").into_inner();
     assert_eq!(profile.description, "changed in git");
 
+    // A bad entry after a good new one: the whole reload is refused, the good one not applied.
+    let mut half_bad = config.clone();
+    let mut good = half_bad.profiles[0].clone();
+    good.name = "declared-second".into();
+    let mut bad = good.clone();
+    bad.name = "declared-third".into();
+    bad.token_endpoint = "ftp://example.com/token".into();
+    half_bad.profiles.extend([good, bad]);
+    let err = daemon.daemon().reload_handle().reload(&half_bad).await.expect_err("bad entry");
+    assert!(err.to_string().contains("profiles[2]"), "{err}");
+    let err =
+        apps.get_profile(pb::GetProfileRequest { name: "declared-second".into() }).await.expect_err("not applied");
+    assert_eq!(err.code(), Code::NotFound);
+
     // Undeclared: kept without pruning, deleted with it.
     config.profiles.clear();
     daemon.daemon().reload_handle().reload(&config).await.expect("reload");

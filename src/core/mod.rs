@@ -21,6 +21,7 @@ use tokio::sync::{Notify, Semaphore, broadcast};
 pub use cache::{HotToken, SlotState, TokenCache};
 pub use connect::{ConnectStart, DeviceInstructions, Revocation};
 pub use error::CoreError;
+pub use profiles::ManagedChange;
 pub use rekey::{KeyReloadError, KeyUsage, ResealReport};
 pub use schedule::RefreshPolicy;
 pub use scheduler::Scheduler;

@@ -11,6 +11,14 @@ use crate::crypto::Purpose;
 use crate::profile::{self, FieldError};
 use crate::store::{ConnectionRecord, ProfileRecord};
 
+/// A declared profile's record, validated and ready to store ([`Core::plan_managed`]).
+#[derive(Debug)]
+pub struct ManagedChange {
+    record: ProfileRecord,
+    created: bool,
+    changed: bool,
+}
+
 /// Largest page of `ListProfiles`.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Page size when the request names none.
@@ -76,9 +84,11 @@ impl Core {
         Ok(revocation)
     }
 
-    /// Creates or updates a profile declared in the configuration, marking it managed. Returns
-    /// whether it was created. An empty client secret leaves the stored one.
-    pub fn upsert_managed(&self, input: &pb::Profile) -> Result<bool, CoreError> {
+    /// Works out (without writing anything) what a profile declared in the configuration
+    /// changes: the record to store, marked managed, validated. An empty client secret leaves
+    /// the stored one. Reconciling plans every declared profile before applying any, so one bad
+    /// entry changes nothing.
+    pub fn plan_managed(&self, input: &pb::Profile) -> Result<ManagedChange, CoreError> {
         profile::validate_name(&input.name)?;
         let now = self.clock.now_ms();
         let existing = self.store.profile(&input.name)?;
@@ -101,14 +111,22 @@ impl Core {
         }
         record.managed = true;
         profile::validate_record(&record, self.settings.allow_insecure_http)?;
-        if created {
+        let changed = created || record != before;
+        if changed {
             record.update_time_ms = now;
+        }
+        Ok(ManagedChange { record, created, changed })
+    }
+
+    /// Stores a planned declared profile. Returns whether it was created.
+    pub fn apply_managed(&self, change: ManagedChange) -> Result<bool, CoreError> {
+        let ManagedChange { record, created, changed } = change;
+        if created {
             let connection = ConnectionRecord { status: pb::Status::NotConnected as i32, ..Default::default() };
             self.store.insert_profile(&record, &connection)?;
             self.cache.set(&record.name, super::SlotState::default());
             self.publish(&record.name, Kind::Updated, pb::Status::NotConnected, pb::Status::NotConnected);
-        } else if record != before {
-            record.update_time_ms = now;
+        } else if changed {
             self.store.replace_profile(&record)?;
             let status = self.cached(&record.name).map(|s| s.status).unwrap_or(pb::Status::NotConnected);
             self.publish(&record.name, Kind::Updated, status, status);

@@ -62,6 +62,7 @@ fn to_input(declared: &DeclaredProfile, index: usize) -> Result<pb::Profile, Cor
         token_endpoint_auth_method: auth_method as i32,
         extra_authorization_params: declared.extra_authorization_params.clone().into_iter().collect(),
         provider_options: declared.provider_options.clone().into_iter().collect(),
+        issuer: declared.issuer.clone(),
         ..Default::default()
     })
 }
@@ -72,7 +73,7 @@ pub async fn reconcile(core: &Arc<Core>, config: &Config) -> Result<Reconciled, 
     let inputs = config.profiles.iter().enumerate().map(|(i, d)| to_input(d, i)).collect::<Result<Vec<_>, _>>()?;
     let mut report = Reconciled::default();
     for input in &inputs {
-        match core.upsert_managed(input)? {
+        match core.upsert_managed(input).await? {
             true => report.created.push(input.name.clone()),
             false => report.updated.push(input.name.clone()),
         }

@@ -1,6 +1,8 @@
 //! The OAuth 2.0 protocol client: authorization URLs with PKCE, code exchange, refresh, client
 //! credentials (through the oauth2 crate) and RFC 7009 revocation, over tokend's own HTTP layer.
 
+mod deny;
+mod discovery;
 mod endpoint;
 mod error;
 mod http;
@@ -20,10 +22,12 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+pub use deny::{DEFAULT_DENY_NETWORKS, DeniedAddress, DenyList, Network};
+pub use discovery::{Discovered, DiscoveryError, grant_type_name, metadata_urls, preferred_auth_method};
 pub use endpoint::{is_loopback, parse_endpoint};
 pub use error::ProviderError;
 pub use http::{HttpError, HttpOptions, ProviderHttp};
-pub use presets::{AuthMethod, PRESETS, Preset, fill_tenant, preset, preset_ids};
+pub use presets::{AuthMethod, PRESETS, Preset, fill_tenant, invalid_grant_hint, preset, preset_ids};
 pub use token_response::{LenientTokenResponse, MAX_LIFETIME};
 
 use error::{classify, sanitize};
@@ -173,6 +177,18 @@ impl Provider {
         Self { http }
     }
 
+    /// Fetches and checks the authorization server metadata of `issuer` (RFC 8414, then OpenID
+    /// Connect Discovery); see [`discovery`](self::discovery).
+    pub async fn discover(&self, issuer: &str, allow_insecure_http: bool) -> Result<Discovered, DiscoveryError> {
+        discovery::discover(&self.http, issuer, allow_insecure_http).await
+    }
+
+    /// Refuses an endpoint whose host is a literal address in the deny-list, so a profile
+    /// naming one is refused when it is written, not only when it is used.
+    pub fn check_endpoint(&self, url: &Url) -> Result<(), DeniedAddress> {
+        self.http.check_literal(url)
+    }
+
     fn client(&self, s: &ProviderSettings) -> OAuthClient {
         let mut client = oauth2::Client::new(ClientId::new(s.client_id.clone()))
             .set_auth_uri_option(s.authorization_endpoint.clone().map(AuthUrl::from_url))
@@ -318,11 +334,7 @@ impl Provider {
             form.finish().into_bytes()
         };
         let request = builder.body(body).map_err(|e| ProviderError::Config(format!("revocation request: {e}")))?;
-        let (reply, meta) = self.http.send(request).await.map_err(|e| ProviderError::Transient {
-            reason: e.to_string(),
-            retry_after: None,
-            maybe_sent: e.maybe_sent(),
-        })?;
+        let (reply, meta) = self.http.send(request).await.map_err(|e| error::from_http(e, &Default::default()))?;
         if reply.status().is_success() {
             return Ok(());
         }

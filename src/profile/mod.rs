@@ -299,6 +299,7 @@ pub fn resolve(
             ),
             allow_insecure_http,
         )?,
+        userinfo_endpoint: endpoint("userinfo_endpoint", found.userinfo_endpoint.clone(), allow_insecure_http)?,
         scopes,
         extra_authorization_params: extra,
         redirect_uri: endpoint("redirect_uri", redirect.to_owned(), true)?,

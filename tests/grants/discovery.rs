@@ -30,7 +30,8 @@ fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
 }
 
 /// A profile with only an issuer gets every endpoint from the RFC 8414 metadata and connects
-/// through them (authorization code + PKCE), authenticating as the metadata allows.
+/// through them (authorization code + PKCE), authenticating as the metadata allows; who
+/// consented comes from the userinfo endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_alone_fills_the_profile_and_connects() {
     let provider = FakeProvider::start().await;
@@ -50,6 +51,7 @@ async fn issuer_alone_fills_the_profile_and_connects() {
     let profile = apps.get_profile(pb::GetProfileRequest { name: "idp".into() }).await.expect("get").into_inner();
     assert_eq!(profile.status, pb::Status::Connected as i32, "{}", profile.last_error);
     assert!(provider.last_token_request().expect("token request").used_basic_auth, "client_secret_basic first");
+    assert_eq!(profile.connected_account, fake_provider::USERINFO_EMAIL, "no ID token: from the userinfo endpoint");
     let revoked = apps.disconnect(pb::DisconnectRequest { name: "idp".into() }).await.expect("disconnect");
     assert_eq!(revoked.into_inner().revocation, pb::Revocation::Revoked as i32, "discovered revocation endpoint");
     daemon.stop().await;

@@ -4,7 +4,7 @@
 //! It listens on `127.0.0.1:0` and serves `GET /authorize` (code flow + PKCE S256),
 //! `POST /token` (authorization_code, refresh_token, client_credentials, device_code),
 //! `POST /device` (RFC 8628), `POST /revoke` (RFC 7009), `POST /introspect`
-//! (RFC 7662) and its metadata at `GET /.well-known/oauth-authorization-server` (RFC 8414)
+//! (RFC 7662), `GET /userinfo` (OpenID, bearer) and its metadata at `GET /.well-known/oauth-authorization-server` (RFC 8414)
 //! and `GET /.well-known/openid-configuration`. Tests script failures with
 //! [`FakeProvider::push_fault`] and inspect what the client did through the counters and
 //! recorders. Dropping the provider stops it.
@@ -266,6 +266,7 @@ impl FakeProvider {
             .route("/device", post(device))
             .route("/revoke", post(revoke))
             .route("/introspect", post(introspect))
+            .route("/userinfo", get(userinfo))
             .route("/.well-known/oauth-authorization-server", get(oauth_metadata))
             .route("/.well-known/openid-configuration", get(openid_metadata))
             .with_state(shared.clone());
@@ -1027,6 +1028,21 @@ async fn introspect(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     json_reply(StatusCode::OK, &body)
 }
 
+/// The account every grant belongs to, as `/userinfo` names it.
+pub const USERINFO_EMAIL: &str = "consenting.user@fake.test";
+
+/// OpenID userinfo for an active bearer access token; 401 otherwise.
+async fn userinfo(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match bearer {
+        Some(token) if access_active(&sh.lock(), token) => {
+            json_reply(StatusCode::OK, &json!({"sub": "fake-user-1", "email": USERINFO_EMAIL}))
+        }
+        _ => err(401, "invalid_token", "no active bearer access token").into_response(),
+    }
+}
+
 /// RFC 8414 metadata, when [`FakeOptions::serve_oauth_metadata`] is on.
 async fn oauth_metadata(State(sh): State<Arc<Shared>>) -> Response {
     metadata(&sh, "/.well-known/oauth-authorization-server", |o| o.serve_oauth_metadata)
@@ -1052,6 +1068,7 @@ fn metadata(sh: &Shared, path: &str, served: fn(&FakeOptions) -> bool) -> Respon
         "revocation_endpoint": format!("{base}/revoke"),
         "introspection_endpoint": format!("{base}/introspect"),
         "device_authorization_endpoint": format!("{base}/device"),
+        "userinfo_endpoint": format!("{base}/userinfo"),
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials",
                                   "urn:ietf:params:oauth:grant-type:device_code"],

@@ -135,11 +135,11 @@ impl RefreshPolicy {
         let when =
             if expires <= now { "has expired".to_owned() } else { format!("expires in {}", human(expires - now)) };
         let why = if failing {
-            "refreshes are failing"
+            "refreshes are failing".to_owned()
         } else if !renewal_planned {
-            "no refresh is planned before then"
+            "no refresh is planned before then".to_owned()
         } else {
-            "refreshing does not extend it"
+            format!("the provider granted it only {} at the last refresh", human(expires - c.last_refreshed_at_ms))
         };
         Some(format!("the refresh token {when} ({why}); an admin must Connect the profile again before it does"))
     }
@@ -235,7 +235,8 @@ mod tests {
         let unplanned = ConnectionRecord { next_refresh_at_ms: 0, ..held.clone() };
         assert!(p.refresh_token_warning(&unplanned, 54 * DAY).unwrap().contains("no refresh is planned"));
         let capped = ConnectionRecord { last_refreshed_at_ms: 55 * DAY, next_refresh_at_ms: 56 * DAY, ..held.clone() };
-        assert!(p.refresh_token_warning(&capped, 55 * DAY).unwrap().contains("does not extend"));
+        let text = p.refresh_token_warning(&capped, 55 * DAY).unwrap();
+        assert!(text.contains("granted it only 5 d 0 h at the last refresh"), "{text}");
         assert!(p.refresh_token_warning(&unplanned, 61 * DAY).unwrap().contains("has expired"));
         let none = ConnectionRecord { refresh_token_sealed: Vec::new(), ..unplanned };
         assert_eq!(p.refresh_token_warning(&none, 59 * DAY), None, "no refresh token held");

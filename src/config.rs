@@ -80,6 +80,8 @@ pub struct DeclaredProfile {
     pub extra_authorization_params: std::collections::BTreeMap<String, String>,
     /// Preset options, e.g. `tenant`.
     pub provider_options: std::collections::BTreeMap<String, String>,
+    /// Issuer URL: endpoints not set here are discovered from its metadata.
+    pub issuer: String,
 }
 
 /// The gRPC listener.
@@ -179,6 +181,9 @@ pub struct RefreshConfig {
     pub provider_burst: u32,
     /// Cron expression (with seconds) of the safety-net sweep.
     pub sweep_cron: String,
+    /// How long ahead of a refresh token's expected expiry (stated by the provider, or its
+    /// preset's idle limit) a warning is logged and shown on the profile, in seconds.
+    pub refresh_token_warning_secs: u64,
 }
 
 /// Calls to providers.
@@ -197,6 +202,12 @@ pub struct ProviderConfig {
     pub max_response_bytes: usize,
     /// Allow plain-http endpoints on non-loopback hosts (never in production).
     pub allow_insecure_http: bool,
+    /// A PEM file of CA certificates trusted for provider endpoints besides the built-in roots
+    /// (on-premises providers with a private CA). Read at start.
+    pub ca_bundle_file: PathBuf,
+    /// Networks (CIDR) tokend never sends a provider request to, checked on the addresses host
+    /// names resolve to and on literal IP hosts (SSRF).
+    pub deny_networks: Vec<String>,
 }
 
 /// Consents.
@@ -328,6 +339,7 @@ impl Default for RefreshConfig {
             provider_rate_per_sec: 50.0,
             provider_burst: 20,
             sweep_cron: "*/10 * * * * *".into(),
+            refresh_token_warning_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -340,6 +352,8 @@ impl Default for ProviderConfig {
             soft_timeout_secs: 5,
             max_response_bytes: 256 * 1024,
             allow_insecure_http: false,
+            ca_bundle_file: PathBuf::new(),
+            deny_networks: crate::provider::DEFAULT_DENY_NETWORKS.iter().map(|n| (*n).to_owned()).collect(),
         }
     }
 }
@@ -426,6 +440,8 @@ impl Config {
         {
             return fail("provider.soft_timeout_secs", "must be positive and at most provider.request_timeout_secs");
         }
+        crate::provider::DenyList::parse(&self.provider.deny_networks)
+            .map_err(|e| ConfigError(format!("provider.deny_networks: {e}")))?;
         if self.consent.ttl_secs == 0 {
             return fail("consent.ttl_secs", "must be positive");
         }

@@ -62,6 +62,7 @@ fn to_input(declared: &DeclaredProfile, index: usize) -> Result<pb::Profile, Cor
         token_endpoint_auth_method: auth_method as i32,
         extra_authorization_params: declared.extra_authorization_params.clone().into_iter().collect(),
         provider_options: declared.provider_options.clone().into_iter().collect(),
+        issuer: declared.issuer.clone(),
         ..Default::default()
     })
 }
@@ -75,14 +76,11 @@ pub async fn reconcile(core: &Arc<Core>, config: &Config) -> Result<Reconciled, 
     if let Some(twice) = inputs.iter().find(|p| !seen.insert(p.name.as_str())) {
         return Err(CoreError::FailedPrecondition(format!("profile {:?} is declared twice", twice.name)));
     }
-    let plans = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, input)| {
-            core.plan_managed(input)
-                .map_err(|e| CoreError::FailedPrecondition(format!("profiles[{i}] ({}): {e}", input.name)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut plans = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let plan = core.plan_managed(input).await;
+        plans.push(plan.map_err(|e| CoreError::FailedPrecondition(format!("profiles[{i}] ({}): {e}", input.name)))?);
+    }
     let mut report = Reconciled::default();
     for (input, plan) in inputs.iter().zip(plans) {
         match core.apply_managed(plan)? {

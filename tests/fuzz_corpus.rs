@@ -135,6 +135,7 @@ fn write_binary_seeds() {
         managed: true,
         create_time_ms: 1_764_000_000_000,
         update_time_ms: 1_764_000_500_000,
+        discovered: None,
     };
     write("store_records", "profile-google-full", &profile.encode_to_vec());
     let minimal = ProfileRecord {

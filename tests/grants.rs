@@ -1,9 +1,17 @@
 //! Every way to connect: device authorization (RFC 8628) and client credentials, against the
-//! fake provider.
+//! fake provider; issuer discovery, egress (CA bundle, deny-list) and refresh-token lifetimes
+//! in the modules below.
 // Test code: a failed step should panic with its message, like a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
+
+#[path = "grants/discovery.rs"]
+mod discovery;
+#[path = "grants/egress.rs"]
+mod egress;
+#[path = "grants/lifetimes.rs"]
+mod lifetimes;
 
 use std::time::Duration;
 
@@ -20,7 +28,7 @@ fn device_profile(name: &str, provider: &FakeProvider) -> pb::Profile {
     }
 }
 
-async fn wait_for_status(apps: &mut AppsClient, name: &str, wanted: pb::Status) -> pb::Profile {
+pub(crate) async fn wait_for_status(apps: &mut AppsClient, name: &str, wanted: pb::Status) -> pb::Profile {
     let mut profile = pb::Profile::default();
     for _ in 0..200 {
         profile = apps.get_profile(pb::GetProfileRequest { name: name.into() }).await.expect("get").into_inner();

@@ -130,6 +130,55 @@ async fn consent_yields_token_active_at_server() {
     assert!(!log.contains(&token.access_token) && !log.contains(CLIENT_SECRET), "a secret reached tokend's log");
 }
 
+/// A `custom` profile given only the issuer, the client id and the secret finds everything else
+/// in the server's OpenID metadata (it serves no RFC 8414 document), connects through the real
+/// consent, refreshes, and revokes at the discovered revocation endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_alone_discovers_and_connects() {
+    let server = AuthServer::start(ServerOptions::default()).await;
+    let tokend = Tokend::start().await;
+    let (mut apps, mut tokens) = (tokend.apps().await, tokend.tokens().await);
+    let bare = pb::Profile {
+        name: "discovered".into(),
+        provider: "custom".into(),
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        scopes: vec!["openid".into(), "offline_access".into()],
+        issuer: server.issuer.clone(),
+        ..Default::default()
+    };
+    step("CreateProfile with the issuer, client id and secret only");
+    create(&mut apps, bare).await;
+    let p = profile(&mut apps, "discovered").await;
+    assert_eq!(p.authorization_endpoint, server.endpoints.authorization);
+    assert_eq!(p.token_endpoint, server.endpoints.token);
+    assert_eq!(p.revocation_endpoint, server.endpoints.revocation);
+    assert_eq!(p.device_authorization_endpoint, server.endpoints.device_authorization);
+
+    step("connect through the discovered endpoints");
+    let connected = connect(&mut apps, &tokend, "discovered").await;
+    assert!(connected.refresh_token_enabled);
+    assert_eq!(connected.connected_account, ACCOUNT);
+    let token = tokens.get_access_token(get("discovered", 60)).await.expect("GetAccessToken").into_inner();
+    assert!(server.is_active(&token.access_token).await, "the token is active at the server");
+
+    step("RefreshNow rotates at the discovered token endpoint");
+    apps.refresh_now(pb::RefreshNowRequest { name: "discovered".into() }).await.expect("RefreshNow");
+    let fresh = tokens.get_access_token(get("discovered", 0)).await.expect("GetAccessToken").into_inner();
+    assert_ne!(fresh.access_token, token.access_token);
+    assert!(server.is_active(&fresh.access_token).await);
+    assert_clean_rotation(&server).await;
+
+    step("Disconnect revokes at the discovered revocation endpoint");
+    let reply =
+        apps.disconnect(pb::DisconnectRequest { name: "discovered".into() }).await.expect("Disconnect").into_inner();
+    assert_eq!(reply.revocation, pb::Revocation::Revoked as i32, "{}", reply.detail);
+    assert!(!server.is_active(&fresh.access_token).await);
+    let log = tokend.log_text();
+    assert!(log.contains("issuer metadata discovered"), "discovery is logged");
+    assert!(!log.contains(CLIENT_SECRET) && !log.contains(&fresh.access_token), "a secret reached tokend's log");
+}
+
 /// Proactive refreshes rotate the refresh token several times in a row, before each access token
 /// expires, exactly once each, and a SIGTERM restart in the middle changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

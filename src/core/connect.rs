@@ -163,6 +163,10 @@ impl Core {
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 result = core.provider.poll_device(&settings, &details) => {
+                    let result = match result {
+                        Ok(tokens) => Ok(core.provider.with_account(&settings, tokens).await),
+                        failed => failed,
+                    };
                     core.finish_device(&poll_name, &key, result).await;
                 }
             }
@@ -274,7 +278,10 @@ impl Core {
                     .open_secret(Purpose::PkceVerifier, &name, &consent.pkce_verifier_sealed)
                     .map_err(|_| CoreError::Sealed(name.clone()))?;
                 let settings = self.settings_of(&profile)?;
-                self.provider.exchange_code(&settings, &code, &verifier).await.map_err(|e| e.to_string())
+                match self.provider.exchange_code(&settings, &code, &verifier).await {
+                    Ok(tokens) => Ok(self.provider.with_account(&settings, tokens).await),
+                    Err(e) => Err(e.to_string()),
+                }
             }
         };
         match outcome {

@@ -25,8 +25,9 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 
 impl Core {
-    /// Creates a profile from admin input.
-    pub fn create_profile(&self, input: &pb::Profile) -> Result<pb::Profile, CoreError> {
+    /// Creates a profile from admin input. A profile naming an issuer gets the endpoints it
+    /// does not set from the issuer's metadata (fetched now; nothing is stored if that fails).
+    pub async fn create_profile(&self, input: &pb::Profile) -> Result<pb::Profile, CoreError> {
         profile::validate_name(&input.name)?;
         let now = self.clock.now_ms();
         let mut record =
@@ -35,17 +36,65 @@ impl Core {
         if let Some(secret) = &secret {
             record.client_secret_sealed = self.keys.seal_secret(Purpose::ClientSecret, &record.name, secret);
         }
-        profile::validate_record(&record, self.settings.allow_insecure_http)?;
+        self.prepare(&mut record, true).await?;
         let connection = ConnectionRecord { status: pb::Status::NotConnected as i32, ..Default::default() };
         self.store.insert_profile(&record, &connection)?;
         self.cache.set(&record.name, super::SlotState::default());
         self.publish(&record.name, Kind::Updated, pb::Status::NotConnected, pb::Status::NotConnected);
         tracing::info!(profile = %record.name, provider = %record.provider, "profile created");
-        Ok(profile::to_api(&record, &connection))
+        Ok(self.view(&record, &connection))
     }
 
-    /// Updates the fields named in `mask` (all writable fields when empty).
-    pub fn update_profile(&self, input: &pb::Profile, mask: Option<&FieldMask>) -> Result<pb::Profile, CoreError> {
+    /// Checks a profile about to be written: fetches its issuer's metadata when it has none for
+    /// that issuer or `rediscover` asks for it, then validates it, refusing endpoints whose
+    /// literal address is in the deny-list.
+    async fn prepare(&self, record: &mut ProfileRecord, rediscover: bool) -> Result<(), CoreError> {
+        let insecure = self.settings.allow_insecure_http;
+        if record.issuer.trim().is_empty() {
+            record.issuer.clear();
+            record.discovered = None;
+        } else if profile::wants_discovery(record, rediscover) {
+            record.issuer = record.issuer.trim().to_owned();
+            let found = self.provider.discover(&record.issuer, insecure).await.map_err(|e| {
+                if e.is_transient() {
+                    CoreError::Unavailable(format!("profile {:?}: {e}", record.name))
+                } else {
+                    CoreError::InvalidArgument(FieldError { field: "issuer".into(), message: e.to_string() })
+                }
+            })?;
+            tracing::info!(profile = %record.name, metadata = %found.metadata_url, "issuer metadata discovered");
+            record.discovered = Some(profile::discovered_record(found, self.clock.now_ms()));
+        }
+        profile::validate_record(record, insecure)?;
+        let settings = profile::resolve(record, &self.keys, &self.settings.callback_url, insecure)?;
+        let endpoints = [
+            ("token_endpoint", Some(&settings.token_endpoint)),
+            ("revocation_endpoint", settings.revocation_endpoint.as_ref()),
+            ("device_authorization_endpoint", settings.device_authorization_endpoint.as_ref()),
+        ];
+        for (field, url) in endpoints {
+            if let Some(Err(denied)) = url.map(|u| self.provider.check_endpoint(u)) {
+                return Err(FieldError { field: field.into(), message: denied.to_string() }.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The API view of a profile, with the warning due now, if any.
+    fn view(&self, record: &ProfileRecord, connection: &ConnectionRecord) -> pb::Profile {
+        let mut view = profile::to_api(record, connection);
+        let policy = self.settings.refresh.for_profile(record);
+        view.warning = policy.refresh_token_warning(connection, self.clock.now_ms()).unwrap_or_default();
+        view
+    }
+
+    /// Updates the fields named in `mask` (all writable fields when empty). An update naming
+    /// the issuer discovers its metadata again.
+    pub async fn update_profile(
+        &self,
+        input: &pb::Profile,
+        mask: Option<&FieldMask>,
+    ) -> Result<pb::Profile, CoreError> {
         profile::validate_name(&input.name)?;
         let (mut record, connection) = self.load(&input.name)?;
         if record.managed {
@@ -59,12 +108,12 @@ impl Core {
             record.client_secret_sealed = self.keys.seal_secret(Purpose::ClientSecret, &record.name, secret);
         }
         record.update_time_ms = self.clock.now_ms();
-        profile::validate_record(&record, self.settings.allow_insecure_http)?;
+        self.prepare(&mut record, profile::names_issuer(mask)).await?;
         self.store.replace_profile(&record)?;
         let status = status_of(&connection);
         self.publish(&record.name, Kind::Updated, status, status);
         tracing::info!(profile = %record.name, "profile updated");
-        Ok(profile::to_api(&record, &connection))
+        Ok(self.view(&record, &connection))
     }
 
     /// Disconnects (revoking where possible), then deletes the profile.
@@ -86,9 +135,10 @@ impl Core {
 
     /// Works out (without writing anything) what a profile declared in the configuration
     /// changes: the record to store, marked managed, validated. An empty client secret leaves
-    /// the stored one. Reconciling plans every declared profile before applying any, so one bad
-    /// entry changes nothing.
-    pub fn plan_managed(&self, input: &pb::Profile) -> Result<ManagedChange, CoreError> {
+    /// the stored one. Issuer metadata is fetched only for a new or changed issuer, so a restart
+    /// does not depend on the issuer. Reconciling plans every declared profile before applying
+    /// any, so one bad entry changes nothing.
+    pub async fn plan_managed(&self, input: &pb::Profile) -> Result<ManagedChange, CoreError> {
         profile::validate_name(&input.name)?;
         let now = self.clock.now_ms();
         let existing = self.store.profile(&input.name)?;
@@ -110,7 +160,7 @@ impl Core {
             }
         }
         record.managed = true;
-        profile::validate_record(&record, self.settings.allow_insecure_http)?;
+        self.prepare(&mut record, false).await?;
         let changed = created || record != before;
         if changed {
             record.update_time_ms = now;
@@ -161,7 +211,7 @@ impl Core {
     pub fn get_profile(&self, name: &str) -> Result<pb::Profile, CoreError> {
         profile::validate_name(name)?;
         let (record, connection) = self.load(name)?;
-        Ok(profile::to_api(&record, &connection))
+        Ok(self.view(&record, &connection))
     }
 
     /// A page of profiles in name order, and the token of the next page ("" on the last).
@@ -186,6 +236,6 @@ impl Core {
         } else {
             String::new()
         };
-        Ok((rows.iter().map(|(p, c)| profile::to_api(p, c)).collect(), next))
+        Ok((rows.iter().map(|(p, c)| self.view(p, c)).collect(), next))
     }
 }

@@ -220,6 +220,7 @@ impl Core {
                         self.flush().await?;
                     }
                     self.after_write(name, &before, &stored, kind);
+                    self.warn_refresh_token_expiry(profile, &stored);
                     return Ok(stored);
                 }
                 Err(StoreError::Conflict { .. }) => {
@@ -264,9 +265,18 @@ impl Core {
         // A reply without a refresh token keeps the stored one (RFC 6749 §6).
         if let Some(refresh) = &tokens.refresh_token {
             record.refresh_token_sealed = self.keys.seal_secret(Purpose::RefreshToken, name, refresh);
-            record.refresh_token_expires_at_ms =
-                tokens.refresh_token_expires_in.map(|d| now + d.as_millis() as i64).unwrap_or(0);
         }
+        record.refresh_token_expires_at_ms = if record.refresh_token_sealed.is_empty() {
+            0
+        } else {
+            let rotated = tokens.refresh_token.is_some();
+            policy.refresh_token_expiry(
+                now,
+                rotated,
+                tokens.refresh_token_expires_in,
+                before.refresh_token_expires_at_ms,
+            )
+        };
         record.token_type = tokens.token_type.clone();
         if let Some(scopes) = &tokens.scopes {
             record.scopes = scopes.clone();
@@ -275,7 +285,8 @@ impl Core {
         }
         record.expires_at_ms = expires_at;
         record.last_refreshed_at_ms = now;
-        record.next_refresh_at_ms = policy.next_refresh_at(now, expires_at, self.jitter.fraction());
+        record.next_refresh_at_ms =
+            policy.next_refresh_at(now, expires_at, record.refresh_token_expires_at_ms, self.jitter.fraction());
         record.last_error.clear();
         record.consecutive_failures = 0;
         record.token_version += 1;
@@ -304,7 +315,14 @@ impl Core {
         record.consecutive_failures = before.consecutive_failures.saturating_add(1);
         let outcome = if error.is_permanent() {
             record.status = pb::Status::NeedsReauthorization as i32;
-            record.last_error = reauthorization_message(&error);
+            let since_consent = std::time::Duration::from_millis((now - before.connected_at_ms).max(0) as u64);
+            let hint = match &error {
+                ProviderError::InvalidGrant { .. } if before.connected_at_ms > 0 => {
+                    crate::provider::invalid_grant_hint(&profile.provider, since_consent)
+                }
+                _ => None,
+            };
+            record.last_error = reauthorization_message(&error, hint);
             record.refresh_token_sealed.clear();
             record.next_refresh_at_ms = 0;
             CoreError::FailedPrecondition(format!("profile {name:?} needs reauthorization: {}", record.last_error))
@@ -324,21 +342,36 @@ impl Core {
             remove_consent: None,
         };
         match self.store.write_connection(write) {
-            Ok(stored) => self.after_write(name, &before, &stored, Kind::Updated),
+            Ok(stored) => {
+                self.after_write(name, &before, &stored, Kind::Updated);
+                self.warn_refresh_token_expiry(profile, &stored);
+            }
             // Someone else wrote meanwhile (a new consent, a disconnect): their state stands.
             Err(StoreError::Conflict { .. }) => {}
             Err(e) => return e.into(),
         }
         outcome
     }
+
+    /// Logs a warning when the refresh token is expected to die soon with nothing planned to
+    /// renew it (see [`super::RefreshPolicy::refresh_token_warning`]); `GetProfile` shows it too.
+    fn warn_refresh_token_expiry(&self, profile: &ProfileRecord, stored: &ConnectionRecord) {
+        let policy = self.settings.refresh.for_profile(profile);
+        if let Some(warning) = policy.refresh_token_warning(stored, self.clock.now_ms()) {
+            tracing::warn!(profile = %profile.name, expires_at_ms = stored.refresh_token_expires_at_ms, "{warning}");
+        }
+    }
 }
 
-fn reauthorization_message(error: &ProviderError) -> String {
-    match error {
-        ProviderError::InvalidGrant { .. } => {
+fn reauthorization_message(error: &ProviderError, hint: Option<String>) -> String {
+    match (error, hint) {
+        (ProviderError::InvalidGrant { .. }, Some(hint)) => {
+            format!("{error}; {hint}; an admin must Connect the profile again")
+        }
+        (ProviderError::InvalidGrant { .. }, None) => {
             format!("{error}; the refresh token is no longer valid, an admin must Connect the profile again")
         }
-        ProviderError::InvalidClient { .. } => {
+        (ProviderError::InvalidClient { .. }, _) => {
             format!("{error}; check client_id and client_secret (UpdateProfile), then Connect again")
         }
         _ => format!("{error}; fix the profile, then Connect again"),

@@ -137,6 +137,9 @@ impl Daemon {
             connect_timeout: Duration::from_secs(config.provider.connect_timeout_secs),
             request_timeout: Duration::from_secs(config.provider.request_timeout_secs),
             max_response_bytes: config.provider.max_response_bytes,
+            ca_bundle: Some(config.provider.ca_bundle_file.clone()).filter(|p| !p.as_os_str().is_empty()),
+            deny: crate::provider::DenyList::parse(&config.provider.deny_networks)
+                .map_err(|e| StartError::Config(format!("provider.deny_networks: {e}")))?,
         })
         .map_err(|e| StartError::Config(format!("provider HTTP client: {e}")))?;
         let core = Core::new(
@@ -344,6 +347,7 @@ fn core_settings(config: &Config, http_addr: SocketAddr) -> CoreSettings {
             backoff_max: Duration::from_secs(r.backoff_max_secs),
             on_demand: false,
             max_idle: None,
+            refresh_token_warning: Duration::from_secs(r.refresh_token_warning_secs),
         },
         max_concurrent_refreshes: r.max_concurrent,
         soft_timeout: Duration::from_secs(config.provider.soft_timeout_secs),

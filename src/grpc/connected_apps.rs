@@ -75,12 +75,12 @@ fn parse_redirect(url: &str) -> Result<Redirect, Status> {
 impl ConnectedAppsService {
     async fn create(&self, request: pb::CreateProfileRequest) -> Result<pb::Profile, Status> {
         let profile = request.profile.ok_or_else(|| Status::invalid_argument("profile: required"))?;
-        self.core.create_profile(&profile).map_err(to_status)
+        self.core.create_profile(&profile).await.map_err(to_status)
     }
 
     async fn update(&self, request: pb::UpdateProfileRequest) -> Result<pb::Profile, Status> {
         let profile = request.profile.ok_or_else(|| Status::invalid_argument("profile: required"))?;
-        self.core.update_profile(&profile, request.update_mask.as_ref()).map_err(to_status)
+        self.core.update_profile(&profile, request.update_mask.as_ref()).await.map_err(to_status)
     }
 
     async fn delete(&self, request: pb::DeleteProfileRequest) -> Result<pb::DeleteProfileResponse, Status> {

@@ -52,6 +52,11 @@ pub enum ProviderError {
         /// What was wrong, never echoing the body.
         reason: String,
     },
+    /// The provider's host is, or resolves to, an address in `provider.deny_networks`; nothing
+    /// was sent. Not permanent: the held tokens are kept (DNS may be fixed), and the engine
+    /// retries with backoff while the profile shows the reason.
+    #[error("refused to call the provider: {0}")]
+    Denied(String),
     /// The profile cannot be used as configured.
     #[error("{0}")]
     Config(String),
@@ -82,6 +87,18 @@ impl ProviderError {
             Self::BadReply { .. } => true,
             _ => false,
         }
+    }
+}
+
+/// A failure before any reply was read.
+pub(crate) fn from_http(e: HttpError, meta: &ReplyMeta) -> ProviderError {
+    match e {
+        HttpError::TooLarge(limit) => {
+            ProviderError::BadReply { status: meta.status, reason: format!("reply larger than {limit} bytes") }
+        }
+        HttpError::Denied(denied) => ProviderError::Denied(denied.to_string()),
+        HttpError::Setup(message) => ProviderError::Config(message),
+        e => ProviderError::Transient { reason: e.to_string(), retry_after: None, maybe_sent: e.maybe_sent() },
     }
 }
 
@@ -134,12 +151,7 @@ where
 {
     let meta = meta.unwrap_or_default();
     match err {
-        RequestTokenError::Request(HttpError::TooLarge(limit)) => {
-            ProviderError::BadReply { status: meta.status, reason: format!("reply larger than {limit} bytes") }
-        }
-        RequestTokenError::Request(e) => {
-            ProviderError::Transient { reason: e.to_string(), retry_after: None, maybe_sent: e.maybe_sent() }
-        }
+        RequestTokenError::Request(e) => from_http(e, &meta),
         RequestTokenError::ServerResponse(err) => from_error_response(&err, &meta),
         RequestTokenError::Parse(e, body) => {
             // A 200 reply carrying an OAuth error (some providers do this).

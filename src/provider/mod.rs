@@ -1,6 +1,9 @@
 //! The OAuth 2.0 protocol client: authorization URLs with PKCE, code exchange, refresh, client
 //! credentials (through the oauth2 crate) and RFC 7009 revocation, over tokend's own HTTP layer.
 
+mod account;
+mod deny;
+mod discovery;
 mod endpoint;
 mod error;
 mod http;
@@ -20,10 +23,12 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+pub use deny::{DEFAULT_DENY_NETWORKS, DeniedAddress, DenyList, Network};
+pub use discovery::{Discovered, DiscoveryError, grant_type_name, metadata_urls, preferred_auth_method};
 pub use endpoint::{is_loopback, parse_endpoint};
 pub use error::ProviderError;
 pub use http::{HttpError, HttpOptions, ProviderHttp};
-pub use presets::{AuthMethod, PRESETS, Preset, fill_tenant, preset, preset_ids};
+pub use presets::{AuthMethod, PRESETS, Preset, fill_tenant, invalid_grant_hint, preset, preset_ids};
 pub use token_response::{LenientTokenResponse, MAX_LIFETIME};
 
 use error::{classify, sanitize};
@@ -64,6 +69,9 @@ pub struct ProviderSettings {
     pub revocation_endpoint: Option<Url>,
     /// RFC 8628 device authorization endpoint.
     pub device_authorization_endpoint: Option<Url>,
+    /// OpenID Connect userinfo endpoint (from issuer metadata): who consented, when the token
+    /// reply does not say.
+    pub userinfo_endpoint: Option<Url>,
     /// Requested scopes.
     pub scopes: Vec<String>,
     /// Extra authorization URL parameters.
@@ -110,7 +118,7 @@ impl TokenSet {
             raw_expires_in: reply.raw_expires_in(),
             scopes: reply.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()),
             refresh_token_expires_in: reply.refresh_token_expires_in(),
-            account: reply.id_token().and_then(account_from_id_token),
+            account: reply.id_token().and_then(account::account_from_id_token),
             metadata: reply.metadata(),
         }
     }
@@ -122,17 +130,6 @@ pub fn parse_token_reply(body: &[u8]) -> Result<TokenSet, ProviderError> {
     serde_json::from_slice::<LenientTokenResponse>(body).map(|reply| TokenSet::from_reply(&reply)).map_err(|e| {
         ProviderError::BadReply { status: 200, reason: format!("not a usable token reply ({:?})", e.classify()) }
     })
-}
-
-/// The display name of whoever consented, from an ID token's claims. The token is not verified:
-/// the value is only shown to admins, never used for access decisions.
-fn account_from_id_token(jwt: &str) -> Option<String> {
-    let payload = jwt.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    ["email", "preferred_username", "upn", "sub"]
-        .iter()
-        .find_map(|k| claims.get(*k).and_then(|v| v.as_str()).map(sanitize))
 }
 
 /// A started authorization-code consent: the URL to open, and what must be kept to finish it.
@@ -171,6 +168,24 @@ impl Provider {
     /// A client over `http`.
     pub fn new(http: ProviderHttp) -> Self {
         Self { http }
+    }
+
+    /// Fetches and checks the authorization server metadata of `issuer` (RFC 8414, then OpenID
+    /// Connect Discovery); see [`discovery`](self::discovery).
+    pub async fn discover(&self, issuer: &str, allow_insecure_http: bool) -> Result<Discovered, DiscoveryError> {
+        discovery::discover(&self.http, issuer, allow_insecure_http).await
+    }
+
+    /// Fills in who consented from the userinfo endpoint when the token reply named nobody
+    /// (best effort: a failure leaves it empty).
+    pub async fn with_account(&self, s: &ProviderSettings, tokens: TokenSet) -> TokenSet {
+        account::with_userinfo(&self.http, s, tokens).await
+    }
+
+    /// Refuses an endpoint whose host is a literal address in the deny-list, so a profile
+    /// naming one is refused when it is written, not only when it is used.
+    pub fn check_endpoint(&self, url: &Url) -> Result<(), DeniedAddress> {
+        self.http.check_literal(url)
     }
 
     fn client(&self, s: &ProviderSettings) -> OAuthClient {
@@ -318,11 +333,7 @@ impl Provider {
             form.finish().into_bytes()
         };
         let request = builder.body(body).map_err(|e| ProviderError::Config(format!("revocation request: {e}")))?;
-        let (reply, meta) = self.http.send(request).await.map_err(|e| ProviderError::Transient {
-            reason: e.to_string(),
-            retry_after: None,
-            maybe_sent: e.maybe_sent(),
-        })?;
+        let (reply, meta) = self.http.send(request).await.map_err(|e| error::from_http(e, &Default::default()))?;
         if reply.status().is_success() {
             return Ok(());
         }

@@ -137,7 +137,47 @@ pub fn preset_ids() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.id).collect()
 }
 
+/// Google ends the refresh tokens of apps in "Testing" publishing status 7 days after consent.
+const GOOGLE_TESTING_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How far from those 7 days an `invalid_grant` still points at it.
+const GOOGLE_TESTING_TOLERANCE: Duration = Duration::from_secs(24 * 3600);
+
+/// What a preset knows about why a refresh token died (`invalid_grant`), given how long after
+/// the consent it happened; `None` when nothing specific is known.
+pub fn invalid_grant_hint(provider: &str, since_consent: Duration) -> Option<String> {
+    let lower = GOOGLE_TESTING_LIFETIME - GOOGLE_TESTING_TOLERANCE;
+    let upper = GOOGLE_TESTING_LIFETIME + GOOGLE_TESTING_TOLERANCE;
+    if provider == "google" && (lower..=upper).contains(&since_consent) {
+        let hours = since_consent.as_secs() / 3600;
+        return Some(format!(
+            "this came {} d {} h after the consent: the Google app is probably in \"Testing\" publishing status, \
+             whose refresh tokens expire after 7 days; publish the app (Google Auth Platform > Audience) or \
+             Connect again every week",
+            hours / 24,
+            hours % 24
+        ));
+    }
+    None
+}
+
 /// A preset endpoint with the tenant filled in.
 pub fn fill_tenant(template: &str, tenant: &str) -> String {
     template.replace("{tenant}", tenant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Google "Testing" hint applies 6 to 8 days after consent, to Google only.
+    #[test]
+    fn google_testing_hint() {
+        let days = |d: u64| Duration::from_secs(d * 86_400);
+        assert!(invalid_grant_hint("google", days(7)).is_some_and(|h| h.contains("Testing") && h.contains("7 d 0 h")));
+        assert!(invalid_grant_hint("google", days(6)).is_some());
+        assert!(invalid_grant_hint("google", days(8)).is_some());
+        assert!(invalid_grant_hint("google", days(5)).is_none());
+        assert!(invalid_grant_hint("google", days(9)).is_none());
+        assert!(invalid_grant_hint("box", days(7)).is_none());
+    }
 }

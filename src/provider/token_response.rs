@@ -101,9 +101,18 @@ impl LenientTokenResponse {
         self.expires_in
     }
 
-    /// Lifetime of the refresh token, where the provider says it.
+    /// Lifetime of the refresh token, where the provider says it: `refresh_token_expires_in`
+    /// (GitHub), else Keycloak's `refresh_expires_in` (0 there means "does not expire").
     pub fn refresh_token_expires_in(&self) -> Option<Duration> {
-        self.refresh_token_expires_in.filter(|s| *s > 0).map(|s| Duration::from_secs(s as u64).min(MAX_LIFETIME * 2))
+        let keycloak = || match self.other.get("refresh_expires_in") {
+            Some(serde_json::Value::Number(n)) => n.as_i64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+            _ => None,
+        };
+        self.refresh_token_expires_in
+            .or_else(keycloak)
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(s as u64).min(MAX_LIFETIME * 2))
     }
 
     /// The OpenID ID token, if any.
@@ -196,6 +205,10 @@ mod tests {
         let scopes: Vec<_> = reply.scopes().unwrap().iter().map(|s| s.to_string()).collect();
         assert_eq!(scopes, ["a", "b", "c"]);
         assert_eq!(reply.refresh_token_expires_in(), Some(Duration::from_secs(15_897_600)));
+        let keycloak = parse(r#"{"access_token":"a","refresh_token":"r","refresh_expires_in":1800}"#).unwrap();
+        assert_eq!(keycloak.refresh_token_expires_in(), Some(Duration::from_secs(1800)));
+        let offline = parse(r#"{"access_token":"a","refresh_token":"r","refresh_expires_in":0}"#).unwrap();
+        assert_eq!(offline.refresh_token_expires_in(), None, "Keycloak offline tokens do not expire");
         assert_eq!(reply.metadata().get("instance_url").map(String::as_str), Some("https://eu.my.salesforce.com"));
         assert_eq!(reply.id_token(), Some("x.y.z"));
         let debug = format!("{reply:?}");

@@ -8,7 +8,9 @@
 mod records;
 mod sled_store;
 
-pub use records::{ConnectionRecord, ConsentRecord, ProfileRecord, RefreshPolicyRecord, SCHEMA_VERSION};
+pub use records::{
+    ConnectionRecord, ConsentRecord, DiscoveredRecord, ProfileRecord, RefreshPolicyRecord, SCHEMA_VERSION,
+};
 pub use sled_store::{SledOptions, SledStore};
 
 use crate::clock::UnixMillis;

@@ -54,6 +54,35 @@ pub struct ProfileRecord {
     pub create_time_ms: i64,
     #[prost(int64, tag = "20")]
     pub update_time_ms: i64,
+    /// What issuer discovery found (RFC 8414 / OpenID); the profile's own endpoints win.
+    #[prost(message, optional, tag = "21")]
+    pub discovered: Option<DiscoveredRecord>,
+}
+
+/// Authorization server metadata of a profile's issuer, as discovered when the profile was
+/// written. Field meanings follow `crate::provider::Discovered`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DiscoveredRecord {
+    #[prost(string, tag = "1")]
+    pub issuer: String,
+    #[prost(string, tag = "2")]
+    pub metadata_url: String,
+    #[prost(string, tag = "3")]
+    pub authorization_endpoint: String,
+    #[prost(string, tag = "4")]
+    pub token_endpoint: String,
+    #[prost(string, tag = "5")]
+    pub revocation_endpoint: String,
+    #[prost(string, tag = "6")]
+    pub device_authorization_endpoint: String,
+    #[prost(string, tag = "7")]
+    pub userinfo_endpoint: String,
+    #[prost(string, repeated, tag = "8")]
+    pub grant_types_supported: Vec<String>,
+    #[prost(string, repeated, tag = "9")]
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    #[prost(int64, tag = "10")]
+    pub discovered_at_ms: i64,
 }
 
 /// Per-profile refresh policy overrides; zero means "use the daemon's default".

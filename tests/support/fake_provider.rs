@@ -3,9 +3,11 @@
 //!
 //! It listens on `127.0.0.1:0` and serves `GET /authorize` (code flow + PKCE S256),
 //! `POST /token` (authorization_code, refresh_token, client_credentials, device_code),
-//! `POST /device` (RFC 8628), `POST /revoke` (RFC 7009) and `POST /introspect`
-//! (RFC 7662). Tests script failures with [`FakeProvider::push_fault`] and inspect what
-//! the client did through the counters and recorders. Dropping the provider stops it.
+//! `POST /device` (RFC 8628), `POST /revoke` (RFC 7009), `POST /introspect`
+//! (RFC 7662), `GET /userinfo` (OpenID, bearer) and its metadata at `GET /.well-known/oauth-authorization-server` (RFC 8414)
+//! and `GET /.well-known/openid-configuration`. Tests script failures with
+//! [`FakeProvider::push_fault`] and inspect what the client did through the counters and
+//! recorders. Dropping the provider stops it.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -61,6 +63,17 @@ pub struct FakeOptions {
     pub device_interval_secs: u64,
     /// Lifetime of device codes (`expired_token` after it). Default 600.
     pub device_code_lifetime_secs: u64,
+    /// Sent as `refresh_token_expires_in` with every refresh token (GitHub does). Default None.
+    pub refresh_token_lifetime_secs: Option<i64>,
+    /// Serve RFC 8414 metadata at `/.well-known/oauth-authorization-server`. Default true.
+    pub serve_oauth_metadata: bool,
+    /// Serve OpenID metadata at `/.well-known/openid-configuration`. Default true.
+    pub serve_openid_metadata: bool,
+    /// The `issuer` the metadata names; None: the provider's own base URL. Default None.
+    pub metadata_issuer: Option<String>,
+    /// The base URL the metadata and device replies use, e.g. a TLS front's `https://…`;
+    /// None: `http://127.0.0.1:PORT`. Default None.
+    pub public_base: Option<String>,
 }
 
 impl Default for FakeOptions {
@@ -76,6 +89,11 @@ impl Default for FakeOptions {
             auto_consent: true,
             device_interval_secs: 1,
             device_code_lifetime_secs: 600,
+            refresh_token_lifetime_secs: None,
+            serve_oauth_metadata: true,
+            serve_openid_metadata: true,
+            metadata_issuer: None,
+            public_base: None,
         }
     }
 }
@@ -193,6 +211,8 @@ struct Inner {
     last_token: Option<RecordedRequest>,
     /// Refreshes that presented a rotated-out refresh token (inside or outside the grace window).
     reuse_events: usize,
+    /// `GET` requests for metadata, by path.
+    metadata_requests: HashMap<String, usize>,
 }
 
 struct Shared {
@@ -246,6 +266,9 @@ impl FakeProvider {
             .route("/device", post(device))
             .route("/revoke", post(revoke))
             .route("/introspect", post(introspect))
+            .route("/userinfo", get(userinfo))
+            .route("/.well-known/oauth-authorization-server", get(oauth_metadata))
+            .route("/.well-known/openid-configuration", get(openid_metadata))
             .with_state(shared.clone());
         let mut stop = rx;
         let server = axum::serve(KillListener(listener), app.into_make_service_with_connect_info::<Conn>())
@@ -291,6 +314,17 @@ impl FakeProvider {
     /// URL of `POST /device` (RFC 8628 device authorization).
     pub fn device_authorization_endpoint(&self) -> String {
         self.url("/device")
+    }
+
+    /// The issuer its metadata names by default: the base URL (`http://127.0.0.1:PORT`).
+    pub fn issuer(&self) -> String {
+        self.shared.base.clone()
+    }
+
+    /// How many times a metadata document was asked for at `path`
+    /// (e.g. `/.well-known/openid-configuration`).
+    pub fn metadata_requests(&self, path: &str) -> usize {
+        self.shared.lock().metadata_requests.get(path).copied().unwrap_or(0)
     }
 
     /// Queues a fault for the next `POST /token` request that finds no earlier fault queued.
@@ -550,6 +584,7 @@ struct Shape {
     expires_as_string: bool,
     no_expires_in: bool,
     no_refresh_token: bool,
+    refresh_token_expires_in: Option<i64>,
 }
 
 fn token_reply(issued: &Issued, shape: &Shape) -> Response {
@@ -563,6 +598,9 @@ fn token_reply(issued: &Issued, shape: &Shape) -> Response {
     }
     if let Some(rt) = issued.refresh_token.as_ref().filter(|_| !shape.no_refresh_token) {
         body.insert("refresh_token".into(), rt.clone().into());
+        if let Some(secs) = shape.refresh_token_expires_in {
+            body.insert("refresh_token_expires_in".into(), secs.into());
+        }
     }
     if !issued.scope.is_empty() {
         body.insert("scope".into(), issued.scope.clone().into());
@@ -847,7 +885,7 @@ async fn token(
             Some(RecordedRequest { form, used_basic_auth: basic.is_some(), basic_credentials: basic, content_type });
         inner.faults.pop_front()
     };
-    let mut shape = Shape::default();
+    let mut shape = Shape { refresh_token_expires_in: sh.lock().opts.refresh_token_lifetime_secs, ..Shape::default() };
     let (mut drop_connection, mut delay) = (false, None);
     match fault {
         None => {}
@@ -924,7 +962,7 @@ async fn device(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) 
     let (device_code, user_code) = (random("fake-dc-"), user_code());
     let lifetime = inner.opts.device_code_lifetime_secs;
     let interval = inner.opts.device_interval_secs;
-    let verify = format!("{}/device/verify", sh.base);
+    let verify = format!("{}/device/verify", inner.opts.public_base.as_deref().unwrap_or(&sh.base));
     let expires_at = Instant::now() + Duration::from_secs(lifetime);
     let entry = Device {
         user_code: user_code.clone(),
@@ -987,6 +1025,56 @@ async fn introspect(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         }
         _ => json!({"active": false}),
     };
+    json_reply(StatusCode::OK, &body)
+}
+
+/// The account every grant belongs to, as `/userinfo` names it.
+pub const USERINFO_EMAIL: &str = "consenting.user@fake.test";
+
+/// OpenID userinfo for an active bearer access token; 401 otherwise.
+async fn userinfo(State(sh): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match bearer {
+        Some(token) if access_active(&sh.lock(), token) => {
+            json_reply(StatusCode::OK, &json!({"sub": "fake-user-1", "email": USERINFO_EMAIL}))
+        }
+        _ => err(401, "invalid_token", "no active bearer access token").into_response(),
+    }
+}
+
+/// RFC 8414 metadata, when [`FakeOptions::serve_oauth_metadata`] is on.
+async fn oauth_metadata(State(sh): State<Arc<Shared>>) -> Response {
+    metadata(&sh, "/.well-known/oauth-authorization-server", |o| o.serve_oauth_metadata)
+}
+
+/// OpenID Connect discovery, when [`FakeOptions::serve_openid_metadata`] is on.
+async fn openid_metadata(State(sh): State<Arc<Shared>>) -> Response {
+    metadata(&sh, "/.well-known/openid-configuration", |o| o.serve_openid_metadata)
+}
+
+fn metadata(sh: &Shared, path: &str, served: fn(&FakeOptions) -> bool) -> Response {
+    let mut inner = sh.lock();
+    *inner.metadata_requests.entry(path.to_owned()).or_default() += 1;
+    if !served(&inner.opts) {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    let base = inner.opts.public_base.clone().unwrap_or_else(|| sh.base.clone());
+    let issuer = inner.opts.metadata_issuer.clone().unwrap_or_else(|| base.clone());
+    let body = json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}/token"),
+        "revocation_endpoint": format!("{base}/revoke"),
+        "introspection_endpoint": format!("{base}/introspect"),
+        "device_authorization_endpoint": format!("{base}/device"),
+        "userinfo_endpoint": format!("{base}/userinfo"),
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials",
+                                  "urn:ietf:params:oauth:grant-type:device_code"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "code_challenge_methods_supported": ["S256"],
+    });
     json_reply(StatusCode::OK, &body)
 }
 

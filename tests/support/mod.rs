@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fake_provider;
+pub mod tls_front;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -44,7 +44,7 @@ pub(crate) enum Output {
 pub(crate) enum Command {
     /// List the connected apps.
     List {
-        /// Add the NEXT REFRESH and LAST ERROR columns.
+        /// Add the NEXT REFRESH, LAST ERROR and WARNING columns.
         #[arg(long)]
         wide: bool,
     },

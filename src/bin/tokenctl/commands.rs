@@ -62,7 +62,7 @@ impl Client {
         let mut header =
             vec!["NAME", "DESCRIPTION", "PROVIDER", "AUTHORIZATION EXPIRES", "STATUS", "REFRESH TOKEN", "ACTION"];
         if wide {
-            header.extend(["NEXT REFRESH", "LAST ERROR"]);
+            header.extend(["NEXT REFRESH", "LAST ERROR", "WARNING"]);
         }
         let rows: Vec<Vec<String>> = profiles
             .iter()
@@ -77,7 +77,7 @@ impl Client {
                     action(p.status()).to_owned(),
                 ];
                 if wide {
-                    row.extend([until(p.next_refresh_at.as_ref(), "due"), clean(&p.last_error)]);
+                    row.extend([until(p.next_refresh_at.as_ref(), "due"), clean(&p.last_error), clean(&p.warning)]);
                 }
                 row
             })

@@ -115,7 +115,7 @@ pub(crate) fn profile_json(p: &pb::Profile) -> Value {
     let state = json!({
         "status": p.status().as_str_name(),
         "authorization_expires_at": ts_json(p.authorization_expires_at.as_ref()),
-        "refresh_token_enabled": p.refresh_token_enabled, "last_error": p.last_error,
+        "refresh_token_enabled": p.refresh_token_enabled, "last_error": p.last_error, "warning": p.warning,
         "last_refreshed_at": ts_json(p.last_refreshed_at.as_ref()),
         "next_refresh_at": ts_json(p.next_refresh_at.as_ref()), "client_secret_set": p.client_secret_set,
         "granted_scopes": p.granted_scopes,

@@ -1,5 +1,9 @@
 //! Profiles as the API shows them and as the store keeps them: validation of admin input,
-//! conversions both ways, and resolution of the provider settings a profile stands for.
+//! conversions both ways, and resolution of the provider settings a profile stands for (the
+//! profile's own values, else its issuer's discovered metadata, else its preset).
+
+mod discovered;
+mod view;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +15,10 @@ use crate::api::pb;
 use crate::clock::UnixMillis;
 use crate::crypto::{KeyRing, Purpose};
 use crate::provider::{AuthMethod, ProviderSettings, fill_tenant, parse_endpoint, preset, preset_ids};
-use crate::store::{ConnectionRecord, ProfileRecord, RefreshPolicyRecord};
+use crate::store::{ProfileRecord, RefreshPolicyRecord};
+
+pub use discovered::{names_issuer, to_record as discovered_record, wants_discovery};
+pub use view::to_api;
 
 /// Longest description, scope list entry, or other free text accepted.
 const MAX_TEXT: usize = 1024;
@@ -182,8 +189,15 @@ pub fn validate_record(record: &ProfileRecord, allow_insecure_http: bool) -> Res
         }
     }
     let preset = preset(&record.provider);
-    if record.token_endpoint.is_empty() && preset.is_none_or(|p| p.token_endpoint.is_empty()) {
-        return Err(field_error("token_endpoint", "required for provider \"custom\""));
+    let discovered = record.discovered.as_ref().is_some_and(|d| !d.token_endpoint.is_empty());
+    if record.token_endpoint.is_empty() && !discovered && preset.is_none_or(|p| p.token_endpoint.is_empty()) {
+        return Err(field_error(
+            "token_endpoint",
+            "required for provider \"custom\" (or set issuer to discover the endpoints)",
+        ));
+    }
+    if let Some(found) = &record.discovered {
+        discovered::check_against(record, found)?;
     }
     Ok(())
 }
@@ -218,8 +232,12 @@ pub fn resolve(
 ) -> Result<ProviderSettings, FieldError> {
     let preset = preset(&record.provider).ok_or_else(|| field_error("provider", "unknown preset"))?;
     let tenant = record.provider_options.get("tenant").map(String::as_str).unwrap_or(preset.default_tenant);
-    let pick = |own: &str, preset_value: &str| {
-        if own.is_empty() { fill_tenant(preset_value, tenant) } else { own.to_owned() }
+    let found = record.discovered.clone().unwrap_or_default();
+    // The profile's own value, else the issuer's metadata, else the preset.
+    let pick = |own: &str, discovered: &str, preset_value: &str| match (own, discovered) {
+        ("", "") => fill_tenant(preset_value, tenant),
+        ("", discovered) => discovered.to_owned(),
+        (own, _) => own.to_owned(),
     };
     let endpoint = |field: &str, value: String, insecure: bool| -> Result<Option<url::Url>, FieldError> {
         if value.is_empty() {
@@ -227,9 +245,12 @@ pub fn resolve(
         }
         parse_endpoint(field, &value, insecure).map(Some).map_err(|m| FieldError { field: field.into(), message: m })
     };
-    let token_endpoint =
-        endpoint("token_endpoint", pick(&record.token_endpoint, preset.token_endpoint), allow_insecure_http)?
-            .ok_or_else(|| field_error("token_endpoint", "required"))?;
+    let token_endpoint = endpoint(
+        "token_endpoint",
+        pick(&record.token_endpoint, &found.token_endpoint, preset.token_endpoint),
+        allow_insecure_http,
+    )?
+    .ok_or_else(|| field_error("token_endpoint", "required"))?;
     let client_secret = if record.client_secret_sealed.is_empty() {
         None
     } else {
@@ -243,7 +264,8 @@ pub fn resolve(
         Ok(pb::TokenEndpointAuthMethod::ClientSecretPost) => AuthMethod::ClientSecretPost,
         Ok(pb::TokenEndpointAuthMethod::None) => AuthMethod::None,
         _ if client_secret.is_none() => AuthMethod::None,
-        _ => preset.auth_method,
+        _ => discovered::preferred_auth_method(&found.token_endpoint_auth_methods_supported)
+            .unwrap_or(preset.auth_method),
     };
     let mut scopes = record.scopes.clone();
     if scopes.is_empty() {
@@ -259,82 +281,29 @@ pub fn resolve(
         auth_method,
         authorization_endpoint: endpoint(
             "authorization_endpoint",
-            pick(&record.authorization_endpoint, preset.authorization_endpoint),
+            pick(&record.authorization_endpoint, &found.authorization_endpoint, preset.authorization_endpoint),
             true,
         )?,
         token_endpoint,
         revocation_endpoint: endpoint(
             "revocation_endpoint",
-            pick(&record.revocation_endpoint, preset.revocation_endpoint),
+            pick(&record.revocation_endpoint, &found.revocation_endpoint, preset.revocation_endpoint),
             allow_insecure_http,
         )?,
         device_authorization_endpoint: endpoint(
             "device_authorization_endpoint",
-            pick(&record.device_authorization_endpoint, preset.device_authorization_endpoint),
+            pick(
+                &record.device_authorization_endpoint,
+                &found.device_authorization_endpoint,
+                preset.device_authorization_endpoint,
+            ),
             allow_insecure_http,
         )?,
+        userinfo_endpoint: endpoint("userinfo_endpoint", found.userinfo_endpoint.clone(), allow_insecure_http)?,
         scopes,
         extra_authorization_params: extra,
         redirect_uri: endpoint("redirect_uri", redirect.to_owned(), true)?,
     })
-}
-
-/// The API view of a profile and its connection. Never carries a secret.
-pub fn to_api(record: &ProfileRecord, connection: &ConnectionRecord) -> pb::Profile {
-    let preset = preset(&record.provider);
-    let tenant =
-        record.provider_options.get("tenant").map(String::as_str).or(preset.map(|p| p.default_tenant)).unwrap_or("");
-    let shown = |own: &str, pick: fn(&crate::provider::Preset) -> &'static str| {
-        if own.is_empty() { preset.map(|p| fill_tenant(pick(p), tenant)).unwrap_or_default() } else { own.to_owned() }
-    };
-    let status = match pb::Status::try_from(connection.status) {
-        Ok(pb::Status::Unspecified) | Err(_) => pb::Status::NotConnected,
-        Ok(s) => s,
-    };
-    let held = !connection.access_token_sealed.is_empty();
-    pb::Profile {
-        name: record.name.clone(),
-        description: record.description.clone(),
-        provider: record.provider.clone(),
-        grant: grant(record) as i32,
-        client_id: record.client_id.clone(),
-        client_secret: String::new(),
-        scopes: record.scopes.clone(),
-        authorization_endpoint: shown(&record.authorization_endpoint, |p| p.authorization_endpoint),
-        token_endpoint: shown(&record.token_endpoint, |p| p.token_endpoint),
-        revocation_endpoint: shown(&record.revocation_endpoint, |p| p.revocation_endpoint),
-        device_authorization_endpoint: shown(&record.device_authorization_endpoint, |p| {
-            p.device_authorization_endpoint
-        }),
-        redirect_uri: record.redirect_uri.clone(),
-        extra_authorization_params: record.extra_authorization_params.clone().into_iter().collect(),
-        token_endpoint_auth_method: record.token_endpoint_auth_method,
-        refresh_policy: record.refresh_policy.as_ref().map(|p| pb::RefreshPolicy {
-            mode: p.mode,
-            skew_ratio: p.skew_ratio,
-            skew_floor: pb_duration(p.skew_floor_ms),
-            default_lifetime: pb_duration(p.default_lifetime_ms),
-            max_idle: pb_duration(p.max_idle_ms),
-        }),
-        issuer: record.issuer.clone(),
-        provider_options: record.provider_options.clone().into_iter().collect(),
-        status: status as i32,
-        authorization_expires_at: if held { timestamp(connection.expires_at_ms) } else { None },
-        refresh_token_enabled: !connection.refresh_token_sealed.is_empty(),
-        last_error: connection.last_error.clone(),
-        last_refreshed_at: timestamp(connection.last_refreshed_at_ms),
-        next_refresh_at: timestamp(connection.next_refresh_at_ms),
-        client_secret_set: !record.client_secret_sealed.is_empty(),
-        granted_scopes: if held { connection.scopes.clone() } else { Vec::new() },
-        refresh_token_expires_at: timestamp(connection.refresh_token_expires_at_ms),
-        consecutive_failures: connection.consecutive_failures,
-        connected_account: connection.connected_account.clone(),
-        managed: record.managed,
-        create_time: timestamp(record.create_time_ms),
-        update_time: timestamp(record.update_time_ms),
-        token_metadata: connection.token_metadata.clone().into_iter().collect(),
-        connected_at: timestamp(connection.connected_at_ms),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,77 @@
+//! The API view of a profile: what `GetProfile`, `ListProfiles` and the watch streams show.
+//! Endpoints show what the profile uses (its own, else discovered, else the preset's); no
+//! secret is ever in it.
+
+use super::{grant, pb_duration, timestamp};
+use crate::api::pb;
+use crate::provider::{fill_tenant, preset};
+use crate::store::{ConnectionRecord, ProfileRecord};
+
+/// The API view of a profile and its connection. Never carries a secret.
+pub fn to_api(record: &ProfileRecord, connection: &ConnectionRecord) -> pb::Profile {
+    let preset = preset(&record.provider);
+    let tenant =
+        record.provider_options.get("tenant").map(String::as_str).or(preset.map(|p| p.default_tenant)).unwrap_or("");
+    let found = record.discovered.clone().unwrap_or_default();
+    // What the profile uses: its own value, else the issuer's metadata, else the preset's.
+    let shown =
+        |own: &str, discovered: &str, pick: fn(&crate::provider::Preset) -> &'static str| match (own, discovered) {
+            ("", "") => preset.map(|p| fill_tenant(pick(p), tenant)).unwrap_or_default(),
+            ("", discovered) => discovered.to_owned(),
+            (own, _) => own.to_owned(),
+        };
+    let status = match pb::Status::try_from(connection.status) {
+        Ok(pb::Status::Unspecified) | Err(_) => pb::Status::NotConnected,
+        Ok(s) => s,
+    };
+    let held = !connection.access_token_sealed.is_empty();
+    pb::Profile {
+        name: record.name.clone(),
+        description: record.description.clone(),
+        provider: record.provider.clone(),
+        grant: grant(record) as i32,
+        client_id: record.client_id.clone(),
+        client_secret: String::new(),
+        scopes: record.scopes.clone(),
+        authorization_endpoint: shown(&record.authorization_endpoint, &found.authorization_endpoint, |p| {
+            p.authorization_endpoint
+        }),
+        token_endpoint: shown(&record.token_endpoint, &found.token_endpoint, |p| p.token_endpoint),
+        revocation_endpoint: shown(&record.revocation_endpoint, &found.revocation_endpoint, |p| p.revocation_endpoint),
+        device_authorization_endpoint: shown(
+            &record.device_authorization_endpoint,
+            &found.device_authorization_endpoint,
+            |p| p.device_authorization_endpoint,
+        ),
+        redirect_uri: record.redirect_uri.clone(),
+        extra_authorization_params: record.extra_authorization_params.clone().into_iter().collect(),
+        token_endpoint_auth_method: record.token_endpoint_auth_method,
+        refresh_policy: record.refresh_policy.as_ref().map(|p| pb::RefreshPolicy {
+            mode: p.mode,
+            skew_ratio: p.skew_ratio,
+            skew_floor: pb_duration(p.skew_floor_ms),
+            default_lifetime: pb_duration(p.default_lifetime_ms),
+            max_idle: pb_duration(p.max_idle_ms),
+        }),
+        issuer: record.issuer.clone(),
+        provider_options: record.provider_options.clone().into_iter().collect(),
+        status: status as i32,
+        authorization_expires_at: if held { timestamp(connection.expires_at_ms) } else { None },
+        refresh_token_enabled: !connection.refresh_token_sealed.is_empty(),
+        last_error: connection.last_error.clone(),
+        last_refreshed_at: timestamp(connection.last_refreshed_at_ms),
+        next_refresh_at: timestamp(connection.next_refresh_at_ms),
+        client_secret_set: !record.client_secret_sealed.is_empty(),
+        granted_scopes: if held { connection.scopes.clone() } else { Vec::new() },
+        refresh_token_expires_at: timestamp(connection.refresh_token_expires_at_ms),
+        consecutive_failures: connection.consecutive_failures,
+        connected_account: connection.connected_account.clone(),
+        managed: record.managed,
+        create_time: timestamp(record.create_time_ms),
+        update_time: timestamp(record.update_time_ms),
+        token_metadata: connection.token_metadata.clone().into_iter().collect(),
+        connected_at: timestamp(connection.connected_at_ms),
+        // Depends on the time and the policy: the caller fills it in.
+        warning: String::new(),
+    }
+}

@@ -415,8 +415,8 @@ async fn start_errors() {
     assert_eq!(err.exit_code(), 75, "{err}");
     let config = first.config.clone();
     let dir = first.dir.path().to_path_buf();
-    let TestDaemon { daemon, dir: temp, .. } = first;
-    if let Some(d) = daemon {
+    let mut first = first;
+    if let Some(d) = first.daemon.take() {
         d.stop().await;
     }
     let key_file = dir.join("tokend.key");
@@ -435,7 +435,7 @@ async fn start_errors() {
     let mut tokens = tokens_client(daemon.grpc_addr, ADMIN).await;
     tokens.get_access_token(get_token("keep", 60)).await.expect("data intact");
     daemon.stop().await;
-    drop(temp);
+    drop(first);
 }
 
 /// With no callers configured, an admin token is generated in the data directory (mode 0600)
@@ -710,8 +710,8 @@ async fn export_import_round_trip() {
         daemon.tokens(ADMIN).await.get_access_token(get_token("backed-up", 60)).await.expect("token").into_inner();
     let config = daemon.config.clone();
     let old_dir = daemon.dir.path().to_path_buf();
-    let TestDaemon { daemon: running, dir: _keep, .. } = daemon;
-    if let Some(running) = running {
+    let mut daemon = daemon;
+    if let Some(running) = daemon.daemon.take() {
         running.stop().await;
     }
     let mut backup = Vec::new();

@@ -37,6 +37,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// Every PKCE code verifier any fake provider in this process received: secrets tokend must never
+/// log (the other secrets the provider hands out carry recognizable `fake-…-` prefixes).
+pub static SEEN_VERIFIERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 /// Behaviour switches of a [`FakeProvider`]; change them later with [`FakeProvider::set_options`].
 #[derive(Clone, Debug)]
 pub struct FakeOptions {
@@ -775,6 +779,9 @@ fn code_grant(
         return Err(invalid_grant("redirect_uri differs from the one sent to /authorize"));
     }
     let verifier = form.get("code_verifier").map(String::as_str).unwrap_or("");
+    if let Ok(mut seen) = SEEN_VERIFIERS.lock() {
+        seen.push(verifier.to_owned());
+    }
     let well_formed = (43..=128).contains(&verifier.len())
         && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
     if !well_formed || URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != code.challenge {

@@ -49,7 +49,8 @@ impl Write for LogWriter {
     }
 }
 
-fn install_log_capture() {
+/// Captures every log line of this process at trace level into [`logs`].
+pub fn install_log_capture() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let subscriber = tracing_subscriber::fmt()
@@ -67,6 +68,35 @@ pub fn assert_no_secret_in_logs(secrets: &[String]) {
     assert!(!logs.is_empty(), "log capture is empty: the check would prove nothing");
     for secret in secrets.iter().filter(|s| s.len() >= 8) {
         assert!(!logs.contains(secret.as_str()), "a secret appeared in the logs");
+    }
+}
+
+/// What no log line may contain: prefixes of every access token, refresh token, authorization
+/// code and device code the fake provider issues, its client secret, and the PKCE verifiers it
+/// received.
+fn secret_patterns() -> Vec<String> {
+    let mut patterns: Vec<String> =
+        ["fake-at-", "fake-rt-", "fake-code-", "fake-dc-", "test-secret"].iter().map(|s| (*s).to_owned()).collect();
+    if let Ok(seen) = fake_provider::SEEN_VERIFIERS.lock() {
+        patterns.extend(seen.iter().filter(|v| v.len() >= 16).cloned());
+    }
+    patterns
+}
+
+/// Scans every captured log line (trace level, all daemons of this test binary so far) for
+/// secrets. Runs whenever a [`TestDaemon`] is dropped, so every in-process integration test is
+/// also a "no secret in the logs" test.
+pub fn assert_logs_hold_no_secret() {
+    let patterns = secret_patterns();
+    let Ok(searcher) = aho_corasick::AhoCorasick::new(&patterns) else { panic!("secret patterns") };
+    let logs = logs().lock().map(|l| l.clone()).unwrap_or_default();
+    if let Some(found) = searcher.find(&logs) {
+        let line_start = logs[..found.start()].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let before = String::from_utf8_lossy(&logs[line_start..found.start()]);
+        // Name the kind of secret and the log line up to it, never the secret itself.
+        let kind = &patterns[found.pattern().as_usize()];
+        let kind: String = kind.chars().take(8).collect();
+        panic!("a secret ({kind}…) appeared in a log line: {before}<secret>");
     }
 }
 
@@ -133,7 +163,17 @@ impl TestDaemon {
             daemon.stop().await;
         }
     }
+}
 
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_logs_hold_no_secret();
+        }
+    }
+}
+
+impl TestDaemon {
     pub fn callback_url(&self) -> String {
         format!("http://{}/oauth/callback", self.daemon().http_addr)
     }

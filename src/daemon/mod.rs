@@ -5,6 +5,7 @@ pub mod backup;
 mod bootstrap;
 mod listeners;
 mod systemd;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,6 +113,13 @@ impl Daemon {
     pub async fn start(config: Config, options: StartOptions) -> Result<Self, StartError> {
         ensure_data_dir(&config.data_dir)?;
         let store = Arc::new(bootstrap::open_store(&config)?);
+        upgrade::upgrade(
+            store.as_ref(),
+            crate::store::SCHEMA_VERSION,
+            upgrade::MIGRATIONS,
+            &config.data_dir,
+            options.clock.now_ms(),
+        )?;
         let env_key = options.env_key.clone();
         let keys = bootstrap::open_keys(&config, store.as_ref(), options.env_key)?;
         let callers = Callers::new(&caller_configs(&config)?);

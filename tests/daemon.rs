@@ -764,3 +764,43 @@ async fn soft_timeout_marks_refresh_failing() {
     assert_eq!(provider.reuse_events(), 0);
     daemon.stop().await;
 }
+
+/// Between a token write and its publish to the cache (the flush runs in between), the admin
+/// view shows what `GetAccessToken` serves, not what the store already holds: a profile never
+/// reads CONNECTED while its token cannot be fetched yet. The window is a few milliseconds in
+/// real life; here the store is written behind the cache's back to hold it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_view_follows_what_is_served() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "mail-window", &provider).await;
+    let store = std::sync::Arc::clone(daemon.daemon().core.store());
+    let connected = store.connection("mail-window").expect("read").expect("connection");
+    apps.disconnect(pb::DisconnectRequest { name: "mail-window".into() }).await.expect("disconnect");
+
+    // A new token set lands in the store; the cache has not been told yet.
+    let current = store.connection("mail-window").expect("read").expect("connection");
+    let mut unpublished = connected.clone();
+    unpublished.token_version = current.token_version + 1;
+    store
+        .write_connection(tokend::store::ConnectionWrite {
+            name: "mail-window".into(),
+            expected_version: current.version,
+            record: unpublished,
+            put_consent: None,
+            remove_consent: None,
+        })
+        .expect("write behind the cache");
+
+    let profile =
+        apps.get_profile(pb::GetProfileRequest { name: "mail-window".into() }).await.expect("get").into_inner();
+    assert_eq!(profile.status(), pb::Status::NotConnected, "shown as served, not as stored");
+    assert!(profile.authorization_expires_at.is_none());
+    let listed = apps.list_profiles(pb::ListProfilesRequest::default()).await.expect("list").into_inner();
+    assert_eq!(listed.profiles[0].status(), pb::Status::NotConnected);
+    let mut tokens = daemon.tokens(CONSUMER).await;
+    let err = tokens.get_access_token(get_token("mail-window", 60)).await.expect_err("not served yet");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    daemon.stop().await;
+}

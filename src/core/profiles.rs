@@ -1,5 +1,6 @@
 //! Creating, updating, deleting, reading and listing profiles.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use prost_types::FieldMask;
@@ -82,10 +83,29 @@ impl Core {
 
     /// The API view of a profile, with the warning due now, if any.
     fn view(&self, record: &ProfileRecord, connection: &ConnectionRecord) -> pb::Profile {
-        let mut view = profile::to_api(record, connection);
+        let mut view = profile::to_api(record, &self.published(&record.name, connection));
         let policy = self.settings.refresh.for_profile(record);
         view.warning = policy.refresh_token_warning(connection, self.clock.now_ms()).unwrap_or_default();
         view
+    }
+
+    /// The connection as `GetAccessToken` sees it. A new token set is written, flushed, then
+    /// published to the cache; between the write and the publish the store already holds it
+    /// while `GetAccessToken` still serves the previous state. Admin views show the published
+    /// status and expiry then, so a profile never reads CONNECTED before its token can be fetched.
+    fn published<'a>(&self, name: &str, connection: &'a ConnectionRecord) -> Cow<'a, ConnectionRecord> {
+        let Some(slot) = self.cached(name) else { return Cow::Borrowed(connection) };
+        let cached_version = slot.token.as_ref().map_or(0, |t| t.token_version);
+        if connection.access_token_sealed.is_empty() || connection.token_version <= cached_version {
+            return Cow::Borrowed(connection);
+        }
+        let mut shown = connection.clone();
+        shown.status = slot.status as i32;
+        shown.expires_at_ms = slot.token.as_ref().map_or(0, |t| t.expires_at_ms);
+        if slot.token.is_none() {
+            shown.access_token_sealed.clear();
+        }
+        Cow::Owned(shown)
     }
 
     /// Updates the fields named in `mask` (all writable fields when empty). An update naming

@@ -101,6 +101,30 @@ pub struct GrpcConfig {
     pub unix_socket: PathBuf,
     /// File mode of the Unix socket (e.g. `0o660`).
     pub unix_socket_mode: u32,
+    /// Refusing peers that fail to authenticate again and again.
+    pub auth_limit: AuthLimitConfig,
+}
+
+/// Failed authentications per peer (IP address, IPv6 by /64; uid on the Unix socket): after
+/// `max_failures` within `window_secs` the peer is refused (`RESOURCE_EXHAUSTED`) for
+/// `block_secs`, whatever it presents. Peers sharing an address (loopback, NAT) share the count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthLimitConfig {
+    /// Failures within the window that block a peer; 0 turns the limit off.
+    pub max_failures: u32,
+    /// The counting window, in seconds.
+    pub window_secs: u64,
+    /// How long a blocked peer is refused, in seconds.
+    pub block_secs: u64,
+    /// Peers tracked at most (memory bound); failures of further peers are not counted.
+    pub max_peers: usize,
+}
+
+impl Default for AuthLimitConfig {
+    fn default() -> Self {
+        Self { max_failures: 10, window_secs: 60, block_secs: 60, max_peers: 10_000 }
+    }
 }
 
 /// TLS on the gRPC listener, from PEM files; reloaded on SIGHUP without dropping connections.
@@ -309,6 +333,7 @@ impl Default for GrpcConfig {
             tls: TlsConfig::default(),
             unix_socket: PathBuf::new(),
             unix_socket_mode: 0o660,
+            auth_limit: AuthLimitConfig::default(),
         }
     }
 }
@@ -458,6 +483,10 @@ impl Config {
         let tls_parts_without_cert = !tls.key_file.as_os_str().is_empty() || !tls.client_ca_file.as_os_str().is_empty();
         if !tls.enabled() && tls_parts_without_cert {
             return fail("grpc.tls.cert_file", "required with grpc.tls.key_file or grpc.tls.client_ca_file");
+        }
+        let limit = &self.grpc.auth_limit;
+        if limit.max_failures > 0 && (limit.window_secs == 0 || limit.block_secs == 0 || limit.max_peers == 0) {
+            return fail("grpc.auth_limit", "window_secs, block_secs and max_peers must be positive");
         }
         if self.grpc.unix_socket_mode > 0o777 {
             return fail("grpc.unix_socket_mode", "must be a file mode such as 0o660");

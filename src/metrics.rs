@@ -1,6 +1,9 @@
 //! Prometheus metrics, with a registry per daemon (so each test scrapes its own). Counters the
-//! engine updates live in [`EngineMetrics`]; gauges are computed at scrape time from the token
-//! cache and the store, so the hot path pays one atomic increment at most.
+//! engine updates live in [`EngineMetrics`], those of the gRPC request layer in [`GrpcMetrics`];
+//! gauges are computed at scrape time from the token cache and the store, so the hot path pays
+//! a few atomic increments at most.
+
+mod grpc;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -14,6 +17,8 @@ use prometheus_client::registry::Registry;
 
 use crate::api::pb;
 use crate::core::Core;
+
+pub use grpc::{GrpcMetrics, LatencyHistogram, MethodMetrics, UNKNOWN_METHOD};
 
 /// A status label value: `connected`, `refresh_failing`, ….
 pub fn status_label(status: pb::Status) -> String {
@@ -88,9 +93,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A registry holding the engine's counters and the scrape-time gauges.
-    pub fn new(core: &Core, last_sweep_ms: Arc<AtomicI64>, max_profile_series: usize) -> Self {
+    /// A registry holding the engine's and the request layer's counters and the scrape-time
+    /// gauges.
+    pub fn new(core: &Core, grpc: &GrpcMetrics, last_sweep_ms: Arc<AtomicI64>, max_profile_series: usize) -> Self {
         let mut registry = Registry::with_prefix("tokend");
+        grpc.register(&mut registry);
         let engine = core.metrics();
         registry.register("refreshes", "Refreshes by outcome (ok, transient, permanent)", engine.refreshes.clone());
         registry.register("refresh_duration_seconds", "Time a provider refresh took", engine.refresh_seconds.clone());

@@ -170,8 +170,9 @@ impl Daemon {
         let scheduler = Scheduler::start(Arc::clone(&core), &config.refresh.sweep_cron, shutdown.clone())
             .await
             .map_err(|e| StartError::Config(format!("refresh.sweep_cron: {e}")))?;
+        let grpc_metrics = crate::metrics::GrpcMetrics::default();
         let (routes, health) =
-            crate::grpc::routes(Arc::clone(&core), &callers, config.grpc.max_message_bytes, shutdown.clone())
+            crate::grpc::routes(Arc::clone(&core), &callers, &config.grpc, &grpc_metrics, shutdown.clone())
                 .await
                 .map_err(|e| StartError::Config(format!("gRPC services: {e}")))?;
         crate::audit::spawn_handout_writer(
@@ -187,8 +188,12 @@ impl Daemon {
             grpc_tasks.push(listeners::serve_unix(routes, listener, path.clone(), shutdown.clone()));
         }
         let ready = Arc::new(AtomicBool::new(false));
-        let metrics =
-            Arc::new(Metrics::new(&core, Arc::clone(&scheduler.last_sweep_ms), config.metrics.max_profile_series));
+        let metrics = Arc::new(Metrics::new(
+            &core,
+            &grpc_metrics,
+            Arc::clone(&scheduler.last_sweep_ms),
+            config.metrics.max_profile_series,
+        ));
         let http_state = crate::http::HttpState { core: Arc::clone(&core), ready: Arc::clone(&ready), metrics };
         let http_shutdown = shutdown.clone();
         let http_task = tokio::spawn(async move {

@@ -1,13 +1,17 @@
 //! Caller authentication and roles. A caller presents `authorization: Bearer <token>`; tokens
 //! are configured as SHA-256 hashes, so the configuration holds nothing that grants access.
-//! The interceptor runs before the request body is decoded and attaches the [`Caller`].
+//! The request layer ([`super::layer`]) calls [`Callers::identify`] on the HTTP request, before
+//! the body is decoded, and attaches the [`Caller`] that handlers read with [`caller`].
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use http::{Extensions, HeaderMap};
 use sha2::{Digest, Sha256};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
 use crate::config::CallerConfig;
@@ -162,51 +166,49 @@ impl Callers {
         self.table.load().by_uid.get(&uid).cloned()
     }
 
-    /// Who is calling: a bearer token if one is presented (a wrong one is refused even on a
-    /// trusted socket), else the TLS client certificate, else the Unix socket peer's uid.
-    fn identify<T>(&self, request: &Request<T>) -> Result<Arc<Caller>, Status> {
-        if let Some(header) = request.metadata().get("authorization") {
+    /// Who is calling, from the request's `authorization` header and its connection (the
+    /// extensions tonic's server attaches): a bearer token if one is presented (a wrong one is
+    /// refused even on a trusted socket), else the TLS client certificate, else the Unix socket
+    /// peer's uid. Failures are logged with the peer; the caller counts them per peer.
+    pub fn identify(&self, headers: &HeaderMap, extensions: &Extensions) -> Result<Arc<Caller>, Status> {
+        if let Some(header) = headers.get(http::header::AUTHORIZATION) {
             let value = header.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
             let token = value
                 .strip_prefix("Bearer ")
                 .or_else(|| value.strip_prefix("bearer "))
                 .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
             return self.authenticate(token.trim()).ok_or_else(|| {
-                tracing::warn!(peer = ?request.remote_addr(), "rejected an unknown bearer token");
+                tracing::warn!(peer = ?remote_addr(extensions), "rejected an unknown bearer token");
                 Status::unauthenticated("unknown bearer token")
             });
         }
-        if let Some(certs) = request.peer_certs() {
+        if let Some(certs) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs()) {
             return self.by_certificate(&certs).ok_or_else(|| {
-                tracing::warn!(peer = ?request.remote_addr(), "rejected a client certificate naming no caller");
+                tracing::warn!(peer = ?remote_addr(extensions), "rejected a client certificate naming no caller");
                 Status::unauthenticated("the client certificate names no configured caller")
             });
         }
-        let uid = request
-            .extensions()
-            .get::<tonic::transport::server::UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .map(|cred| cred.uid());
-        if let Some(caller) = uid.and_then(|uid| self.by_uid(uid)) {
+        if let Some(caller) = peer_uid(extensions).and_then(|uid| self.by_uid(uid)) {
             return Ok(caller);
         }
         Err(Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))
     }
-
-    /// The gRPC interceptor: attaches the caller or answers `UNAUTHENTICATED`.
-    pub fn interceptor(
-        &self,
-    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
-        let callers = self.clone();
-        move |mut request: Request<()>| {
-            let caller = callers.identify(&request)?;
-            request.extensions_mut().insert(caller);
-            Ok(request)
-        }
-    }
 }
 
-/// The caller attached by the interceptor.
+/// The TCP peer of a request (plain or TLS), if it came over TCP.
+pub fn remote_addr(extensions: &Extensions) -> Option<SocketAddr> {
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.get_ref().remote_addr()))
+}
+
+/// The uid of the process on the other end of the Unix socket, if the request came over it.
+pub fn peer_uid(extensions: &Extensions) -> Option<u32> {
+    extensions.get::<UdsConnectInfo>().and_then(|info| info.peer_cred).map(|cred| cred.uid())
+}
+
+/// The caller the request layer attached.
 pub fn caller<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
     request.extensions().get::<Arc<Caller>>().cloned().ok_or_else(|| Status::unauthenticated("no authenticated caller"))
 }

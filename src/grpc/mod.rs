@@ -1,10 +1,13 @@
-//! The gRPC surface: one file per service, the caller authentication, and the one table from
-//! core errors to status codes. Health and reflection are open; everything under `tokend.v1`
-//! needs an authenticated caller.
+//! The gRPC surface: one file per service, the request layer in front of them (metrics,
+//! caller authentication, refusing peers that keep failing it), and the one table from core
+//! errors to status codes. Health and reflection are open; everything under `tokend.v1` needs
+//! an authenticated caller.
 
 pub mod auth;
 mod connected_apps;
+pub mod layer;
 mod maintenance;
+pub mod peer_limit;
 mod status;
 pub mod tls;
 mod tokens;
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
+use tower_layer::Layer as _;
 
 pub use connected_apps::ConnectedAppsService;
 pub use maintenance::MaintenanceService;
@@ -21,16 +25,22 @@ pub use status::to_status;
 pub use tokens::TokensService;
 
 use crate::api::pb;
+use crate::config::GrpcConfig;
 use crate::core::Core;
+use crate::metrics::GrpcMetrics;
 use auth::Callers;
+use layer::RequestLayer;
 
-/// The gRPC routes and the health reporter that operators' probes read.
+/// The gRPC routes and the health reporter that operators' probes read. Every service sits
+/// behind the [`RequestLayer`], which counts requests into `metrics`.
 pub async fn routes(
     core: Arc<Core>,
     callers: &Callers,
-    max_message_bytes: usize,
+    config: &GrpcConfig,
+    metrics: &GrpcMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Routes, HealthReporter)> {
+    let max_message_bytes = config.max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
     let apps = pb::connected_apps_server::ConnectedAppsServer::new(ConnectedAppsService::new(
         Arc::clone(&core),
@@ -54,11 +64,23 @@ pub async fn routes(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let routes = Routes::new(health)
-        .add_service(tonic::service::interceptor::InterceptedService::new(apps, callers.interceptor()))
-        .add_service(tonic::service::interceptor::InterceptedService::new(tokens, callers.interceptor()))
-        .add_service(tonic::service::interceptor::InterceptedService::new(maintenance, callers.interceptor()))
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let authenticated = RequestLayer::new(
+        callers.clone(),
+        &config.auth_limit,
+        metrics,
+        &[
+            pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+    )?;
+    let open = authenticated.open();
+    let routes = Routes::new(open.layer(health))
+        .add_service(authenticated.layer(apps))
+        .add_service(authenticated.layer(tokens))
+        .add_service(authenticated.layer(maintenance))
+        .add_service(open.layer(reflection_v1))
+        .add_service(open.layer(reflection_v1alpha));
     Ok((routes, reporter))
 }

@@ -12,8 +12,9 @@ use tokio::sync::{Mutex, watch};
 use crate::api::pb;
 use crate::clock::UnixMillis;
 
-/// A decrypted access token ready to hand out.
-#[derive(Clone)]
+/// A decrypted access token ready to hand out. Held behind an `Arc` in the slot and handed out
+/// as that `Arc`, so a hand-out neither copies nor zeroizes the token: it is zeroized once, when
+/// the last holder drops it after the slot moved on to a newer token.
 pub struct HotToken {
     /// The token.
     pub access_token: SecretString,
@@ -40,8 +41,8 @@ impl std::fmt::Debug for HotToken {
 /// connection is backing off (callers then get the held token instead of a new attempt).
 #[derive(Debug, Clone)]
 pub struct SlotState {
-    /// The freshest access token held.
-    pub token: Option<HotToken>,
+    /// The freshest access token held (shared with the callers it was handed to).
+    pub token: Option<Arc<HotToken>>,
     /// The connection status.
     pub status: pb::Status,
     /// No on-demand refresh before this time (transient failures back off).

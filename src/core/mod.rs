@@ -25,6 +25,7 @@ pub use profiles::ManagedChange;
 pub use rekey::{KeyReloadError, KeyUsage, ResealReport};
 pub use schedule::RefreshPolicy;
 pub use scheduler::Scheduler;
+pub use tokens::Handout;
 
 use crate::api::pb;
 use crate::clock::{Clock, Jitter};
@@ -143,13 +144,13 @@ impl Core {
             None
         } else {
             match self.keys.open_secret(Purpose::AccessToken, name, &c.access_token_sealed) {
-                Ok(access_token) => Some(HotToken {
+                Ok(access_token) => Some(Arc::new(HotToken {
                     access_token,
                     token_type: c.token_type.clone(),
                     expires_at_ms: c.expires_at_ms,
                     scopes: c.scopes.clone().into(),
                     token_version: c.token_version,
-                }),
+                })),
                 Err(e) => {
                     tracing::error!(profile = name, error = %e, "stored access token does not open");
                     None

@@ -3,10 +3,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::cache::HotToken;
+use super::cache::{HotToken, SlotState};
 use super::refresh::{needs_reauthorization, not_connected};
 use super::{Core, CoreError};
 use crate::api::pb;
+use crate::clock::UnixMillis;
+
+/// A token handed out, and the clock reading it was judged against (callers reuse it for the
+/// audit tally instead of reading the clock again).
+#[derive(Debug, Clone)]
+pub struct Handout {
+    /// The cached token itself, shared: handing it out copies nothing.
+    pub token: Arc<HotToken>,
+    /// When it was handed out.
+    pub at_ms: UnixMillis,
+}
+
+/// The held token if it has not expired at `now`.
+fn unexpired(state: &SlotState, now: UnixMillis) -> Option<Arc<HotToken>> {
+    state.token.as_ref().filter(|t| t.expires_at_ms > now).cloned()
+}
 
 impl Core {
     /// A token valid for at least `min_valid_for` (the policy default when `None`). When the
@@ -17,7 +33,7 @@ impl Core {
         self: &Arc<Self>,
         name: &str,
         min_valid_for: Option<Duration>,
-    ) -> Result<HotToken, CoreError> {
+    ) -> Result<Handout, CoreError> {
         let slot = self.cache.get(name).ok_or_else(|| CoreError::NotFound(name.to_owned()))?;
         let min_ms = min_valid_for.unwrap_or(self.settings.refresh.min_valid_for).as_millis() as i64;
         let now = self.clock.now_ms();
@@ -26,13 +42,12 @@ impl Core {
             && token.expires_at_ms - now >= min_ms
         {
             self.metrics.handouts.inc();
-            return Ok(token.clone());
+            return Ok(Handout { token: Arc::clone(token), at_ms: now });
         }
-        let unexpired = |state: &super::SlotState, now: i64| state.token.clone().filter(|t| t.expires_at_ms > now);
         match state.status {
             pb::Status::NeedsReauthorization => {
                 return match unexpired(&state, now) {
-                    Some(token) => Ok(token),
+                    Some(token) => Ok(Handout { token, at_ms: now }),
                     None => {
                         let connection = self.store.connection(name)?.unwrap_or_default();
                         Err(needs_reauthorization(name, &connection))
@@ -43,7 +58,7 @@ impl Core {
                 return Err(not_connected(name));
             }
             pb::Status::RefreshFailing if now < state.backoff_until_ms => {
-                return unexpired(&state, now).ok_or_else(|| {
+                return unexpired(&state, now).map(|token| Handout { token, at_ms: now }).ok_or_else(|| {
                     CoreError::Unavailable(format!(
                         "provider unavailable for profile {name:?} and the token has expired; retry later"
                     ))
@@ -54,10 +69,9 @@ impl Core {
         drop(state);
         let outcome = self.refresh_shared(name).await;
         let now = self.clock.now_ms();
-        let state = slot.state.load();
-        if let Some(token) = unexpired(&state, now) {
+        if let Some(token) = unexpired(&slot.state.load(), now) {
             self.metrics.handouts.inc();
-            return Ok(token);
+            return Ok(Handout { token, at_ms: now });
         }
         match outcome {
             Err(e) => Err(match &*e {

@@ -6,8 +6,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use http::{Extensions, HeaderMap};
 use sha2::{Digest, Sha256};
@@ -15,6 +17,10 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
 use crate::config::CallerConfig;
+
+/// Profile names whose pattern verdict a consumer remembers; past this many, the glob set is
+/// asked again on every call (a caller probing random names cannot grow memory).
+const MATCH_CACHE_LIMIT: usize = 1024;
 
 /// What a caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +41,12 @@ pub struct Caller {
     /// Its role.
     pub role: Role,
     profiles: GlobSet,
+    /// The glob set's verdict per profile name already asked for: a consumer asks for the same
+    /// few profiles many times a second, and a lookup is cheaper than matching the set again.
+    /// Bounded by [`MATCH_CACHE_LIMIT`]; rebuilt with the caller on reload.
+    matched: DashMap<Box<str>, bool>,
+    /// Entries in `matched` (`DashMap::len` would lock every shard).
+    matched_len: AtomicUsize,
     /// Its token hand-outs since the audit writer last ran.
     pub handouts: crate::audit::HandoutTallies,
 }
@@ -61,9 +73,23 @@ impl Caller {
     pub fn require_token(&self, profile: &str) -> Result<(), Status> {
         match self.role {
             Role::Admin => Ok(()),
-            Role::Consumer if self.profiles.is_match(profile) => Ok(()),
+            Role::Consumer if self.matches(profile) => Ok(()),
             _ => Err(Status::permission_denied(format!("caller {:?} may not get tokens of {profile:?}", self.name))),
         }
+    }
+
+    /// Whether `profile` matches this caller's patterns, remembered per name.
+    fn matches(&self, profile: &str) -> bool {
+        if let Some(verdict) = self.matched.get(profile) {
+            return *verdict;
+        }
+        let verdict = self.profiles.is_match(profile);
+        if self.matched_len.load(Ordering::Relaxed) < MATCH_CACHE_LIMIT
+            && self.matched.insert(profile.into(), verdict).is_none()
+        {
+            self.matched_len.fetch_add(1, Ordering::Relaxed);
+        }
+        verdict
     }
 }
 
@@ -110,7 +136,14 @@ fn build(configs: &[CallerConfig]) -> Table {
             }
         }
         let Ok(profiles) = globs.build() else { continue };
-        let caller = Arc::new(Caller { name: config.name.clone(), role, profiles, handouts: Default::default() });
+        let caller = Arc::new(Caller {
+            name: config.name.clone(),
+            role,
+            profiles,
+            matched: DashMap::new(),
+            matched_len: AtomicUsize::new(0),
+            handouts: Default::default(),
+        });
         if let Some(hash) = parse_hash(&config.token_sha256) {
             table.by_hash.insert(hash, Arc::clone(&caller));
         }
@@ -248,5 +281,21 @@ mod tests {
         );
         assert!(consumer.require_token("mail-in").is_ok() && consumer.require_token("box").is_err());
         assert!(consumer.require_viewer().is_err());
+    }
+
+    /// A consumer's remembered verdicts answer like its patterns, and their number is bounded.
+    #[test]
+    fn remembered_verdicts() {
+        let callers = Callers::new(&[config("consumer", "c", &["mail-*"])]);
+        let consumer = callers.authenticate("c").unwrap();
+        for round in 0..2 {
+            assert!(consumer.require_token("mail-in").is_ok(), "round {round}");
+            assert!(consumer.require_token("box").is_err(), "round {round}");
+        }
+        for i in 0..2 * MATCH_CACHE_LIMIT {
+            assert!(consumer.require_token(&format!("mail-{i}")).is_ok());
+            assert!(consumer.require_token(&format!("other-{i}")).is_err());
+        }
+        assert_eq!(consumer.matched.len(), MATCH_CACHE_LIMIT);
     }
 }

@@ -41,9 +41,9 @@ fn min_valid_for(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, 
     }
 }
 
-fn reply(name: &str, token: &HotToken) -> pb::AccessToken {
+fn reply(name: String, token: &HotToken) -> pb::AccessToken {
     pb::AccessToken {
-        name: name.to_owned(),
+        name,
         access_token: token.access_token.expose_secret().to_owned(),
         token_type: token.token_type.clone(),
         expires_at: timestamp(token.expires_at_ms),
@@ -63,9 +63,9 @@ impl Tokens for TokensService {
         // Authorization before existence: a consumer learns nothing about names outside its patterns.
         caller.require_token(&request.name)?;
         let min = min_valid_for(request.min_valid_for.as_ref())?;
-        let token = self.core.access_token(&request.name, min).await.map_err(to_status)?;
-        caller.handouts.record(&request.name, self.core.clock().now_ms(), token.token_version);
-        Ok(Response::new(reply(&request.name, &token)))
+        let handout = self.core.access_token(&request.name, min).await.map_err(to_status)?;
+        caller.handouts.record(&request.name, handout.at_ms, handout.token.token_version);
+        Ok(Response::new(reply(request.name, &handout.token)))
     }
 
     type WatchAccessTokenStream = Pin<Box<dyn Stream<Item = Result<pb::AccessToken, Status>> + Send>>;
@@ -82,8 +82,8 @@ impl Tokens for TokensService {
         // Subscribe first, so a refresh between the first answer and the subscription is seen.
         let changes = BroadcastStream::new(self.core.subscribe());
         let first = self.core.access_token(&name, min).await.map_err(to_status)?;
-        caller.handouts.record(&name, self.core.clock().now_ms(), first.token_version);
-        let mut last_version = first.token_version;
+        caller.handouts.record(&name, first.at_ms, first.token.token_version);
+        let mut last_version = first.token.token_version;
         let core = Arc::clone(&self.core);
         let shutdown = self.shutdown.clone();
         let stream_name = name.clone();
@@ -103,10 +103,10 @@ impl Tokens for TokensService {
                 }
                 last_version = token.token_version;
                 caller.handouts.record(&stream_name, core.clock().now_ms(), token.token_version);
-                Some(Ok(reply(&stream_name, token)))
+                Some(Ok(reply(stream_name.clone(), token)))
             }),
             async move { shutdown.cancelled().await },
         );
-        Ok(Response::new(Box::pin(tokio_stream::once(Ok(reply(&name, &first))).chain(updates))))
+        Ok(Response::new(Box::pin(tokio_stream::once(Ok(reply(name, &first.token))).chain(updates))))
     }
 }

@@ -5,6 +5,7 @@
 mod cache;
 mod connect;
 mod error;
+mod group_flush;
 mod profiles;
 mod ratelimit;
 mod refresh;
@@ -90,6 +91,8 @@ pub struct Core {
     metrics: crate::metrics::EngineMetrics,
     /// Rate limits by token endpoint host.
     provider_limits: dashmap::DashMap<String, Arc<ratelimit::RateLimiter>>,
+    /// Flushes shared by concurrent writers (group commit).
+    flushes: Arc<group_flush::GroupFlush>,
 }
 
 impl std::fmt::Debug for Core {
@@ -111,6 +114,7 @@ impl Core {
         let (events, _) = broadcast::channel(1024);
         let permits = settings.max_concurrent_refreshes.max(1);
         Arc::new(Self {
+            flushes: group_flush::GroupFlush::new(Arc::clone(&store)),
             store,
             keys,
             provider,
@@ -280,13 +284,10 @@ impl Core {
         Ok(stored)
     }
 
-    /// Makes every write so far durable, off the async runtime.
+    /// Makes every write so far durable, off the async runtime; concurrent writers share one
+    /// flush (group commit).
     async fn flush(&self) -> Result<(), CoreError> {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.flush())
-            .await
-            .map_err(|e| CoreError::Storage(crate::store::StoreError::Engine(e.to_string())))??;
-        Ok(())
+        self.flushes.flush().await.map_err(CoreError::Storage)
     }
 }
 

@@ -111,7 +111,7 @@ fn systemd_notify_and_sigterm() {
         received.push_str(&String::from_utf8_lossy(&buf[..n]));
         received.push('\n');
     }
-    assert!(received.contains("STATUS=serving 0 profiles"), "{received}");
+    assert!(received.contains("STATUS=serving; gRPC"), "{received}");
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     while !received.contains("STOPPING=1") {

@@ -86,6 +86,22 @@ impl TokenCache {
         self.slots.get(name).map(|s| Arc::clone(&s))
     }
 
+    /// The slot of a profile, loading its state with `load` when it is not cached yet. `load`
+    /// runs under the map's lock for that name, so a load from the store cannot undo a
+    /// concurrent publish or delete (both go through the same lock after the store write).
+    pub fn get_or_load(&self, name: &str, load: impl FnOnce() -> Option<SlotState>) -> Option<Arc<Slot>> {
+        if let Some(slot) = self.get(name) {
+            return Some(slot);
+        }
+        match self.slots.entry(name.to_owned()) {
+            dashmap::Entry::Occupied(slot) => Some(Arc::clone(slot.get())),
+            dashmap::Entry::Vacant(vacant) => {
+                let state = load()?;
+                Some(Arc::clone(&vacant.insert(Arc::new(Slot::new(state)))))
+            }
+        }
+    }
+
     /// Sets a profile's state, creating its slot if needed.
     pub fn set(&self, name: &str, state: SlotState) {
         match self.slots.get(name) {
@@ -130,5 +146,25 @@ impl TokenCache {
     /// Whether no profile is cached.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A missing slot is loaded once; a present one is never reloaded (a stale load cannot undo
+    /// a publish), and a load that finds nothing leaves no slot behind.
+    #[test]
+    fn get_or_load_fills_only_missing_slots() {
+        let cache = TokenCache::default();
+        assert!(cache.get_or_load("gone", || None).is_none());
+        assert!(cache.get("gone").is_none());
+        let connected = SlotState { status: pb::Status::Connected, ..SlotState::default() };
+        let slot = cache.get_or_load("mail", || Some(connected.clone())).unwrap();
+        assert_eq!(slot.state.load().status, pb::Status::Connected);
+        cache.set("mail", SlotState { status: pb::Status::RefreshFailing, ..SlotState::default() });
+        let again = cache.get_or_load("mail", || panic!("a cached slot is not loaded again")).unwrap();
+        assert_eq!(again.state.load().status, pb::Status::RefreshFailing);
     }
 }

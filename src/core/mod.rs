@@ -15,6 +15,7 @@ mod scheduler;
 mod tokens;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, broadcast};
@@ -93,6 +94,11 @@ pub struct Core {
     provider_limits: dashmap::DashMap<String, Arc<ratelimit::RateLimiter>>,
     /// Flushes shared by concurrent writers (group commit).
     flushes: Arc<group_flush::GroupFlush>,
+    /// The background warm-up of the cache has not finished: a missing slot may just not be
+    /// loaded yet.
+    warming: AtomicBool,
+    /// Shutdown began: background work stops early.
+    stopping: AtomicBool,
 }
 
 impl std::fmt::Debug for Core {
@@ -102,7 +108,7 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    /// A core over an opened store and key ring. Call [`Core::warm_cache`] before serving.
+    /// A core over an opened store and key ring. Call [`Core::spawn_warm_up`] when serving starts.
     pub fn new(
         store: Arc<dyn Store>,
         keys: Arc<KeyRing>,
@@ -115,6 +121,8 @@ impl Core {
         let permits = settings.max_concurrent_refreshes.max(1);
         Arc::new(Self {
             flushes: group_flush::GroupFlush::new(Arc::clone(&store)),
+            warming: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
             store,
             keys,
             provider,
@@ -131,15 +139,52 @@ impl Core {
         })
     }
 
-    /// Loads every connection's access token into the cache (decrypting once, here, so the hot
-    /// path never does). A token that does not open is left out and logged.
-    pub fn warm_cache(&self) -> Result<usize, CoreError> {
-        let mut loaded = 0;
-        for (name, connection) in self.store.connections()? {
-            self.cache.set(&name, self.slot_state(&name, &connection));
-            loaded += 1;
+    /// Loads every stored connection into the cache in the background (decrypting each access
+    /// token once, there, so the hot path never does) and returns at once: the daemon serves
+    /// meanwhile, and a profile the warm-up has not reached yet is loaded on its first use
+    /// ([`Core::slot`]). Start-up time no longer grows with the number of profiles.
+    pub fn spawn_warm_up(self: &Arc<Self>) -> tokio::task::JoinHandle<usize> {
+        let core = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let mut loaded = 0usize;
+            let result = core.store.for_each_connection_name(&mut |name| {
+                if core.cache.get_or_load(name, || core.load_slot(name)).is_some() {
+                    loaded += 1;
+                }
+                !core.stopping.load(Ordering::Relaxed)
+            });
+            core.warming.store(false, Ordering::Release);
+            match result {
+                Ok(()) => {
+                    tracing::info!(profiles = loaded, ms = started.elapsed().as_millis() as u64, "token cache warm")
+                }
+                Err(e) => tracing::error!(error = %e, "token cache warm-up stopped; profiles load on first use"),
+            }
+            loaded
+        })
+    }
+
+    /// A profile's cache slot. While the warm-up runs, a profile it has not reached yet is
+    /// loaded from the store now (after it, a missing slot means no such profile).
+    fn slot(&self, name: &str) -> Option<Arc<cache::Slot>> {
+        match self.cache.get(name) {
+            Some(slot) => Some(slot),
+            None if self.warming.load(Ordering::Acquire) => self.cache.get_or_load(name, || self.load_slot(name)),
+            None => None,
         }
-        Ok(loaded)
+    }
+
+    /// The slot state of a stored connection, read now (None: no such profile).
+    fn load_slot(&self, name: &str) -> Option<SlotState> {
+        match self.store.connection(name) {
+            Ok(Some(connection)) => Some(self.slot_state(name, &connection)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(profile = name, error = %e, "reading a connection for the cache failed");
+                None
+            }
+        }
     }
 
     /// The slot state a stored connection stands for.
@@ -199,11 +244,12 @@ impl Core {
 
     /// The cached state of a profile (None: no such profile).
     pub fn cached(&self, name: &str) -> Option<Arc<SlotState>> {
-        self.cache.get(name).map(|slot| slot.state.load_full())
+        self.slot(name).map(|slot| slot.state.load_full())
     }
 
-    /// Stops every background poller (device grants); for shutdown.
+    /// Stops every background poller (device grants) and the cache warm-up; for shutdown.
     pub fn stop_background(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
         for poll in self.device_polls.iter() {
             poll.value().cancel();
         }

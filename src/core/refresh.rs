@@ -30,7 +30,7 @@ pub(super) struct TokenWriteExtras {
 impl Core {
     /// Joins the refresh of `name` in flight, or starts one, and waits for its outcome.
     pub async fn refresh_shared(self: &Arc<Self>, name: &str) -> FlightOutcome {
-        let slot = self.cache.get(name).ok_or_else(|| Arc::new(CoreError::NotFound(name.to_owned())))?;
+        let slot = self.slot(name).ok_or_else(|| Arc::new(CoreError::NotFound(name.to_owned())))?;
         let mut receiver = {
             let mut flight = slot.flight.lock().await;
             match &*flight {

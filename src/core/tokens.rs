@@ -34,7 +34,7 @@ impl Core {
         name: &str,
         min_valid_for: Option<Duration>,
     ) -> Result<Handout, CoreError> {
-        let slot = self.cache.get(name).ok_or_else(|| CoreError::NotFound(name.to_owned()))?;
+        let slot = self.slot(name).ok_or_else(|| CoreError::NotFound(name.to_owned()))?;
         let min_ms = min_valid_for.unwrap_or(self.settings.refresh.min_valid_for).as_millis() as i64;
         let now = self.clock.now_ms();
         let state = slot.state.load();

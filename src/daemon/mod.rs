@@ -158,7 +158,9 @@ impl Daemon {
             options.jitter,
             core_settings(&config, http_addr),
         );
-        let loaded = core.warm_cache().map_err(|e| StartError::Data(e.to_string()))?;
+        // Serve first: the cache fills in the background, and a profile not loaded yet is loaded
+        // on first use.
+        core.spawn_warm_up();
         if let Err(e) = core.expire_consents() {
             tracing::warn!(error = %e, "dropping expired consents failed");
         }
@@ -202,8 +204,8 @@ impl Daemon {
                 .await
         });
         ready.store(true, Ordering::Relaxed);
-        tracing::info!(grpc = %grpc_addr, http = %http_addr, profiles = loaded, "tokend serving");
-        systemd::ready(&format!("serving {loaded} profiles; gRPC {grpc_addr}, HTTP {http_addr}"));
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, "tokend serving");
+        systemd::ready(&format!("serving; gRPC {grpc_addr}, HTTP {http_addr}"));
         systemd::spawn_watchdog(Arc::clone(&scheduler.last_sweep_ms), Arc::clone(core.clock()), shutdown.clone());
         Ok(Self {
             grpc_addr,

@@ -158,6 +158,9 @@ pub trait Store: Send + Sync + 'static {
     /// in memory. Each entry is read atomically; entries of different trees may be from
     /// slightly different moments (a restore rebuilds the derived refresh index).
     fn for_each_entry(&self, visit: &mut EntryVisit<'_>) -> Result<(), StoreError>;
+    /// Calls `visit` with the name of every stored connection, in name order, until it returns
+    /// `false` (the cache warm-up streams names instead of holding every record at once).
+    fn for_each_connection_name(&self, visit: &mut dyn FnMut(&str) -> bool) -> Result<(), StoreError>;
     fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError>;
 }
 

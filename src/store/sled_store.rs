@@ -341,6 +341,18 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn for_each_connection_name(&self, visit: &mut dyn FnMut(&str) -> bool) -> Result<(), StoreError> {
+        for key in self.connections.iter().keys() {
+            let key = key.map_err(engine)?;
+            let name = std::str::from_utf8(&key)
+                .map_err(|_| StoreError::Corrupt { tree: "connections", detail: "non-UTF-8 key".into() })?;
+            if !visit(name) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError> {
         let tree = self.sealed_tree(tree);
         let mut done = Rewritten::default();

@@ -5,6 +5,7 @@
 //! - [`api`]: the generated `tokend.v1` contract and redacting `Debug` for secret-carrying messages.
 //! - [`audit`]: the audit trail: admin actions one by one, token hand-outs tallied and written
 //!   every few seconds.
+//! - [`client`]: what every gRPC client of tokend shares: the bearer-token interceptor.
 //! - [`clock`]: time and jitter as parameters, so tests drive expiry without sleeping.
 //! - [`crypto`]: the key ring that seals secrets at rest (XChaCha20-Poly1305, key ids, AAD).
 //! - [`telemetry`]: logging setup (text on a terminal, JSON otherwise).
@@ -24,6 +25,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod core;

@@ -185,9 +185,9 @@ fn daemon_child(args: &Args, dir: &Path) {
             client.get_access_token(support::get_token(name, None)).await.expect("first GetAccessToken");
         }
         let first_us = started.elapsed().as_micros();
-        let profiles: usize = daemon.core.status_counts().values().sum();
+        let profiles: usize = daemon.engine().snapshot(0).status_counts.values().sum();
         println!("READY {start_us} {first_us} {profiles} {}", support::rss_kib(std::process::id()));
-        tokio::spawn(print_events(daemon.core.subscribe(), clock));
+        tokio::spawn(print_events(daemon.engine().subscribe(), clock));
         let mut commands = stdin_lines();
         while let Some(command) = commands.recv().await {
             if command.trim() == "rss" {
@@ -201,7 +201,7 @@ fn daemon_child(args: &Args, dir: &Path) {
 
 /// Prints every profile change (see [`daemon_child`]).
 async fn print_events(
-    mut events: tokio::sync::broadcast::Receiver<tokend::core::ProfileChange>,
+    mut events: tokio::sync::broadcast::Receiver<tokend::engine::ProfileChange>,
     clock: Arc<dyn Clock>,
 ) {
     use tokio::sync::broadcast::error::RecvError;

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
+use crate::admin::{Admin, AdminError};
 use crate::api::pb;
 use crate::config::{Config, DeclaredProfile};
-use crate::core::{Core, CoreError};
 
 /// What a reconcile did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -21,13 +21,13 @@ pub struct Reconciled {
 }
 
 /// Builds the API input of a declared profile, reading its secret file.
-fn to_input(declared: &DeclaredProfile, index: usize) -> Result<pb::Profile, CoreError> {
+fn to_input(declared: &DeclaredProfile, index: usize) -> Result<pb::Profile, AdminError> {
     let client_secret = if declared.client_secret_file.as_os_str().is_empty() {
         String::new()
     } else {
         std::fs::read_to_string(&declared.client_secret_file)
             .map_err(|e| {
-                CoreError::FailedPrecondition(format!(
+                AdminError::precondition(format!(
                     "profiles[{index}].client_secret_file {}: {e}",
                     declared.client_secret_file.display()
                 ))
@@ -70,28 +70,28 @@ fn to_input(declared: &DeclaredProfile, index: usize) -> Result<pb::Profile, Cor
 /// Brings the store in line with the declared profiles. Every declared profile is built (its
 /// secret file read) and validated before anything is written, so a bad entry anywhere in the
 /// list changes nothing.
-pub async fn reconcile(core: &Arc<Core>, config: &Config) -> Result<Reconciled, CoreError> {
+pub async fn reconcile(admin: &Arc<Admin>, config: &Config) -> Result<Reconciled, AdminError> {
     let inputs = config.profiles.iter().enumerate().map(|(i, d)| to_input(d, i)).collect::<Result<Vec<_>, _>>()?;
     let mut seen = std::collections::HashSet::new();
     if let Some(twice) = inputs.iter().find(|p| !seen.insert(p.name.as_str())) {
-        return Err(CoreError::FailedPrecondition(format!("profile {:?} is declared twice", twice.name)));
+        return Err(AdminError::precondition(format!("profile {:?} is declared twice", twice.name)));
     }
     let mut plans = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
-        let plan = core.plan_managed(input).await;
-        plans.push(plan.map_err(|e| CoreError::FailedPrecondition(format!("profiles[{i}] ({}): {e}", input.name)))?);
+        let plan = admin.plan_managed(input).await;
+        plans.push(plan.map_err(|e| AdminError::precondition(format!("profiles[{i}] ({}): {e}", input.name)))?);
     }
     let mut report = Reconciled::default();
     for (input, plan) in inputs.iter().zip(plans) {
-        match core.apply_managed(plan)? {
+        match admin.apply_managed(plan)? {
             true => report.created.push(input.name.clone()),
             false => report.updated.push(input.name.clone()),
         }
     }
     if config.prune_profiles {
-        for name in core.managed_profiles()? {
+        for name in admin.managed_profiles()? {
             if !inputs.iter().any(|p| p.name == name) {
-                core.delete_managed(&name).await?;
+                admin.delete_managed(&name).await?;
                 report.pruned.push(name);
             }
         }

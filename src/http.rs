@@ -11,14 +11,14 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use crate::core::Core;
+use crate::admin::Admin;
 use crate::metrics::Metrics;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct HttpState {
-    /// The daemon core.
-    pub core: Arc<Core>,
+    /// Administration (consents finish here).
+    pub admin: Arc<Admin>,
     /// Set once the daemon serves, cleared when it starts to shut down.
     pub ready: Arc<AtomicBool>,
     /// The metrics registry.
@@ -61,7 +61,7 @@ async fn callback(State(state): State<HttpState>, Query(query): Query<CallbackQu
     };
     let error = query.error.map(|e| (e, query.error_description.unwrap_or_default()));
     let code = query.code.map(secrecy::SecretString::from);
-    match state.core.complete_consent(&consent_state, code, error).await {
+    match state.admin.complete_consent(&consent_state, code, error).await {
         Ok(name) => {
             page(StatusCode::OK, "Connected", &format!("Profile {name} is connected. You can close this window."))
         }
@@ -70,7 +70,7 @@ async fn callback(State(state): State<HttpState>, Query(query): Query<CallbackQu
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let store_ok = state.core.store().earliest_due().is_ok();
+    let store_ok = state.admin.engine().store().earliest_due().is_ok();
     if state.ready.load(Ordering::Relaxed) && store_ok {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -79,7 +79,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    match state.metrics.render(&state.core) {
+    match state.metrics.render(&state.admin.engine().snapshot(state.metrics.max_profile_series())) {
         Ok(text) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],

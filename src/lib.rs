@@ -23,15 +23,16 @@
 //!   presets, lenient token-reply parsing, endpoint rules.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod config;
-pub mod core;
 pub mod crypto;
 pub mod daemon;
 pub mod declared;
+pub mod engine;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

@@ -116,7 +116,8 @@ async fn cancelled_caller_keeps_rotation() {
     // The refresh finishes on its own; then the next refresh uses the rotated token.
     for _ in 0..50 {
         if provider.refresh_requests() == 1
-            && daemon.daemon().core.cached("mail-out").and_then(|s| s.token.clone()).map(|t| t.token_version) == Some(2)
+            && daemon.daemon().engine().cached("mail-out").and_then(|s| s.token.clone()).map(|t| t.token_version)
+                == Some(2)
         {
             break;
         }
@@ -218,11 +219,11 @@ async fn proactive_refresh_before_expiry() {
     // 600 s token: skew = clamp(120, 120, 300) × (1 + 0.1 × 0.5) = 126 s ahead.
     assert_eq!(expires - next, 126);
     clock.advance_ms(400_000);
-    daemon.daemon().core.wake_scheduler();
+    daemon.daemon().engine().wake_scheduler();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(provider.refresh_requests(), 0, "not due yet");
     clock.advance_ms(80_000);
-    daemon.daemon().core.wake_scheduler();
+    daemon.daemon().engine().wake_scheduler();
     for _ in 0..100 {
         if provider.refresh_requests() == 1 {
             break;
@@ -775,7 +776,7 @@ async fn admin_view_follows_what_is_served() {
     let daemon = TestDaemon::start().await;
     let mut apps = daemon.apps(ADMIN).await;
     create_and_connect(&mut apps, "mail-window", &provider).await;
-    let store = std::sync::Arc::clone(daemon.daemon().core.store());
+    let store = std::sync::Arc::clone(daemon.daemon().engine().store());
     let connected = store.connection("mail-window").expect("read").expect("connection");
     apps.disconnect(pb::DisconnectRequest { name: "mail-window".into() }).await.expect("disconnect");
 

@@ -17,12 +17,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use crate::admin::Admin;
 use crate::clock::{Clock, Jitter, RandomJitter, SystemClock};
 use crate::config::{CallerConfig, Config};
-use crate::core::{Core, CoreSettings, RefreshPolicy, Scheduler};
+use crate::crypto::KeyRing;
+use crate::engine::{Engine, EngineSettings, RefreshPolicy, Scheduler};
 use crate::grpc::auth::Callers;
 use crate::metrics::Metrics;
 use crate::provider::{HttpOptions, Provider, ProviderHttp};
+use crate::store::Store;
 
 pub use bootstrap::ensure_data_dir;
 
@@ -83,8 +86,8 @@ pub struct Daemon {
     pub http_addr: SocketAddr,
     /// The Unix socket gRPC also listens on, if any.
     pub unix_socket: Option<std::path::PathBuf>,
-    /// The core, for tests that look inside.
-    pub core: Arc<Core>,
+    /// Administration, and through it the engine.
+    admin: Arc<Admin>,
     callers: Callers,
     tls: Option<crate::grpc::tls::SharedTlsConfig>,
     env_key: Option<Zeroizing<String>>,
@@ -108,120 +111,75 @@ impl std::fmt::Debug for Daemon {
 /// How long shutdown waits for connections and refreshes to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// The two TCP listeners, bound before anything else starts (tests ask for port 0 and read the
+/// addresses back).
+struct Bound {
+    grpc: TcpListener,
+    http: TcpListener,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+}
+
+/// The gRPC and HTTP serving tasks, and what stops them gracefully.
+struct Serving {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    health: tonic_health::server::HealthReporter,
+    ready: Arc<AtomicBool>,
+    grpc_tasks: Vec<listeners::ServeTask>,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    unix_socket: Option<std::path::PathBuf>,
+}
+
 impl Daemon {
     /// Opens the data directory, binds both listeners and starts serving.
     pub async fn start(config: Config, options: StartOptions) -> Result<Self, StartError> {
-        ensure_data_dir(&config.data_dir)?;
-        let store = Arc::new(bootstrap::open_store(&config)?);
-        upgrade::upgrade(
-            store.as_ref(),
-            crate::store::SCHEMA_VERSION,
-            upgrade::MIGRATIONS,
-            &config.data_dir,
-            options.clock.now_ms(),
-        )?;
         let env_key = options.env_key.clone();
-        let keys = bootstrap::open_keys(&config, store.as_ref(), options.env_key)?;
+        let (store, keys) = open_storage(&config, &options)?;
         let callers = Callers::new(&caller_configs(&config)?);
-        let tls = match config.grpc.tls.enabled() {
-            true => Some(Arc::new(ArcSwap::from_pointee(
-                crate::grpc::tls::load(&config.grpc.tls).map_err(StartError::Config)?,
-            ))),
-            false => None,
-        };
-        if !config.grpc.listen.ip().is_loopback() && tls.is_none() {
-            tracing::warn!(listen = %config.grpc.listen, "serving plain gRPC (no TLS) off loopback: bearer tokens travel in clear text");
-        }
-        let grpc_listener = TcpListener::bind(config.grpc.listen)
-            .await
-            .map_err(|e| StartError::Listen(format!("gRPC on {}: {e}", config.grpc.listen)))?;
-        let http_listener = TcpListener::bind(config.http.listen)
-            .await
-            .map_err(|e| StartError::Listen(format!("HTTP on {}: {e}", config.http.listen)))?;
-        let grpc_addr = grpc_listener.local_addr().map_err(|e| StartError::Listen(e.to_string()))?;
-        let http_addr = http_listener.local_addr().map_err(|e| StartError::Listen(e.to_string()))?;
-
-        let http = ProviderHttp::new(&HttpOptions {
-            connect_timeout: Duration::from_secs(config.provider.connect_timeout_secs),
-            request_timeout: Duration::from_secs(config.provider.request_timeout_secs),
-            max_response_bytes: config.provider.max_response_bytes,
-            ca_bundle: Some(config.provider.ca_bundle_file.clone()).filter(|p| !p.as_os_str().is_empty()),
-            deny: crate::provider::DenyList::parse(&config.provider.deny_networks)
-                .map_err(|e| StartError::Config(format!("provider.deny_networks: {e}")))?,
-        })
-        .map_err(|e| StartError::Config(format!("provider HTTP client: {e}")))?;
-        let core = Core::new(
-            store,
-            Arc::new(keys),
-            Provider::new(http),
-            options.clock,
-            options.jitter,
-            core_settings(&config, http_addr),
-        );
-        // Serve first: the cache fills in the background, and a profile not loaded yet is loaded
-        // on first use.
-        core.spawn_warm_up();
-        if let Err(e) = core.expire_consents() {
-            tracing::warn!(error = %e, "dropping expired consents failed");
-        }
-        crate::declared::reconcile(&core, &config)
-            .await
-            .map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
-
+        let tls = grpc_tls(&config)?;
+        let bound = bind(&config).await?;
+        let admin = start_engine(&config, store, keys, options.clock, options.jitter, bound.http_addr).await?;
+        let engine = Arc::clone(admin.engine());
         let shutdown = CancellationToken::new();
-        let scheduler = Scheduler::start(Arc::clone(&core), &config.refresh.sweep_cron, shutdown.clone())
-            .await
-            .map_err(|e| StartError::Config(format!("refresh.sweep_cron: {e}")))?;
-        let grpc_metrics = crate::metrics::GrpcMetrics::default();
-        let (routes, health) =
-            crate::grpc::routes(Arc::clone(&core), &callers, &config.grpc, &grpc_metrics, shutdown.clone())
-                .await
-                .map_err(|e| StartError::Config(format!("gRPC services: {e}")))?;
-        crate::audit::spawn_handout_writer(
-            callers.clone(),
-            Arc::clone(core.clock()),
-            Duration::from_secs(config.audit.handout_interval_secs),
-            shutdown.clone(),
-        );
-        let mut grpc_tasks = vec![listeners::serve_tcp(routes.clone(), grpc_listener, tls.clone(), shutdown.clone())];
-        let unix_socket = (!config.grpc.unix_socket.as_os_str().is_empty()).then(|| config.grpc.unix_socket.clone());
-        if let Some(path) = &unix_socket {
-            let listener = listeners::bind_unix(path, config.grpc.unix_socket_mode)?;
-            grpc_tasks.push(listeners::serve_unix(routes, listener, path.clone(), shutdown.clone()));
-        }
-        let ready = Arc::new(AtomicBool::new(false));
-        let metrics = Arc::new(Metrics::new(
-            &core,
-            &grpc_metrics,
-            Arc::clone(&scheduler.last_sweep_ms),
-            config.metrics.max_profile_series,
-        ));
-        let http_state = crate::http::HttpState { core: Arc::clone(&core), ready: Arc::clone(&ready), metrics };
-        let http_shutdown = shutdown.clone();
-        let http_task = tokio::spawn(async move {
-            axum::serve(http_listener, crate::http::router(http_state))
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                .await
+        let chore_admin = Arc::downgrade(&admin);
+        let expire_consents: crate::engine::Chore = Arc::new(move || {
+            if let Some(admin) = chore_admin.upgrade()
+                && let Err(e) = admin.expire_consents()
+            {
+                tracing::warn!(error = %e, "dropping expired consents failed");
+            }
         });
-        ready.store(true, Ordering::Relaxed);
+        let scheduler =
+            Scheduler::start(Arc::clone(&engine), &config.refresh.sweep_cron, vec![expire_consents], shutdown.clone())
+                .await
+                .map_err(|e| StartError::Config(format!("refresh.sweep_cron: {e}")))?;
+        let serving = serve(&config, &admin, &callers, tls.clone(), bound, &scheduler, &shutdown).await?;
+        serving.ready.store(true, Ordering::Relaxed);
+        let (grpc_addr, http_addr) = (serving.grpc_addr, serving.http_addr);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "tokend serving");
         systemd::ready(&format!("serving; gRPC {grpc_addr}, HTTP {http_addr}"));
-        systemd::spawn_watchdog(Arc::clone(&scheduler.last_sweep_ms), Arc::clone(core.clock()), shutdown.clone());
+        systemd::spawn_watchdog(Arc::clone(&scheduler.last_sweep_ms), Arc::clone(engine.clock()), shutdown.clone());
         Ok(Self {
             grpc_addr,
             http_addr,
-            unix_socket,
-            core,
+            unix_socket: serving.unix_socket,
+            admin,
             callers,
             tls,
             env_key,
             shutdown,
-            ready,
-            health,
+            ready: serving.ready,
+            health: serving.health,
             scheduler,
-            grpc_tasks,
-            http_task,
+            grpc_tasks: serving.grpc_tasks,
+            http_task: serving.http_task,
         })
+    }
+
+    /// The refresh engine (tests look inside: the cache, the store, the scheduler).
+    pub fn engine(&self) -> &Arc<Engine> {
+        self.admin.engine()
     }
 
     /// A handle that applies reloaded configurations (SIGHUP) while the daemon runs.
@@ -230,7 +188,7 @@ impl Daemon {
             callers: self.callers.clone(),
             tls: self.tls.clone(),
             env_key: self.env_key.clone(),
-            core: Arc::downgrade(&self.core),
+            admin: Arc::downgrade(&self.admin),
         }
     }
 
@@ -247,8 +205,9 @@ impl Daemon {
         systemd::stopping();
         self.ready.store(false, Ordering::Relaxed);
         self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        self.admin.stop_background();
+        self.admin.engine().stop_background();
         self.scheduler.shutdown().await;
-        self.core.stop_background();
         let drain = async {
             for task in &mut self.grpc_tasks {
                 let _ = task.await;
@@ -262,16 +221,18 @@ impl Daemon {
             }
             self.http_task.abort();
         }
-        let store = Arc::clone(self.core.store());
+        let store = Arc::clone(self.admin.engine().store());
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => tracing::info!("store flushed"),
             Ok(Err(e)) => tracing::error!(error = %e, "final flush failed"),
             Err(e) => tracing::error!(error = %e, "final flush task failed"),
         }
-        // Refreshes already sent finish in their own tasks and hold the core; wait for them (up
-        // to the grace period) so their results are stored and the store's lock is released.
+        // Refreshes already sent finish in their own tasks and hold the engine (device polls
+        // hold administration); wait for them (up to the grace period) so their results are
+        // stored and the store's lock is released. Administration holds one engine reference.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while Arc::strong_count(&self.core) > 1 && tokio::time::Instant::now() < deadline {
+        let busy = |admin: &Arc<Admin>| Arc::strong_count(admin) > 1 || Arc::strong_count(admin.engine()) > 1;
+        while busy(&self.admin) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tracing::info!("stopped");
@@ -291,9 +252,9 @@ pub struct ReloadHandle {
     tls: Option<crate::grpc::tls::SharedTlsConfig>,
     /// The key given in `TOKEND_KEY` at start, if any: it stays the active key across reloads.
     env_key: Option<Zeroizing<String>>,
-    /// Weak: a handle kept by a signal task must not keep the core (and the store's lock)
-    /// alive past shutdown.
-    core: std::sync::Weak<Core>,
+    /// Weak: a handle kept by a signal task must not keep administration (and the store's
+    /// lock) alive past shutdown.
+    admin: std::sync::Weak<Admin>,
 }
 
 impl ReloadHandle {
@@ -303,7 +264,7 @@ impl ReloadHandle {
     /// Anything else in the configuration takes a restart. Declared profiles are reconciled. On
     /// error nothing changes.
     pub async fn reload(&self, config: &Config) -> Result<(), StartError> {
-        let core = self.core.upgrade().ok_or_else(|| StartError::Config("the daemon is shutting down".into()))?;
+        let admin = self.admin.upgrade().ok_or_else(|| StartError::Config("the daemon is shutting down".into()))?;
         let callers = caller_configs(config)?;
         let tls = match (&self.tls, config.grpc.tls.enabled()) {
             (Some(_), true) => Some(crate::grpc::tls::load(&config.grpc.tls).map_err(StartError::Config)?),
@@ -311,12 +272,12 @@ impl ReloadHandle {
             _ => return Err(StartError::Config("turning TLS on or off takes a restart".into())),
         };
         let ring = bootstrap::reload_keys(config, self.env_key.as_ref())?;
-        core.check_keys(&ring).await.map_err(|e| StartError::Key(e.to_string()))?;
-        crate::declared::reconcile(&core, config)
+        admin.check_keys(&ring).await.map_err(|e| StartError::Key(e.to_string()))?;
+        crate::declared::reconcile(&admin, config)
             .await
             .map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
-        crate::audit::write_handouts(&self.callers, core.clock().now_ms());
-        core.install_keys(ring);
+        crate::audit::write_handouts(&self.callers, admin.engine().clock().now_ms());
+        admin.install_keys(ring);
         self.callers.replace(&callers);
         if let (Some(shared), Some(tls)) = (&self.tls, tls) {
             shared.store(Arc::new(tls));
@@ -324,6 +285,129 @@ impl ReloadHandle {
         tracing::info!(callers = callers.len(), tls = self.tls.is_some(), "configuration reloaded");
         Ok(())
     }
+}
+
+/// Opens the data directory and the store (upgrading it if an older tokend wrote it), then the
+/// key ring, checked against the store's canary.
+fn open_storage(config: &Config, options: &StartOptions) -> Result<(Arc<dyn Store>, KeyRing), StartError> {
+    ensure_data_dir(&config.data_dir)?;
+    let store = bootstrap::open_store(config)?;
+    upgrade::upgrade(
+        &store,
+        crate::store::SCHEMA_VERSION,
+        upgrade::MIGRATIONS,
+        &config.data_dir,
+        options.clock.now_ms(),
+    )?;
+    let keys = bootstrap::open_keys(config, &store, options.env_key.clone())?;
+    Ok((Arc::new(store), keys))
+}
+
+/// The gRPC TLS configuration, reloadable, when TLS is on; warns about plain gRPC off loopback.
+fn grpc_tls(config: &Config) -> Result<Option<crate::grpc::tls::SharedTlsConfig>, StartError> {
+    if !config.grpc.tls.enabled() {
+        if !config.grpc.listen.ip().is_loopback() {
+            tracing::warn!(listen = %config.grpc.listen, "serving plain gRPC (no TLS) off loopback: bearer tokens travel in clear text");
+        }
+        return Ok(None);
+    }
+    let tls = crate::grpc::tls::load(&config.grpc.tls).map_err(StartError::Config)?;
+    Ok(Some(Arc::new(ArcSwap::from_pointee(tls))))
+}
+
+/// Binds the gRPC and HTTP listeners.
+async fn bind(config: &Config) -> Result<Bound, StartError> {
+    let grpc = TcpListener::bind(config.grpc.listen)
+        .await
+        .map_err(|e| StartError::Listen(format!("gRPC on {}: {e}", config.grpc.listen)))?;
+    let http = TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| StartError::Listen(format!("HTTP on {}: {e}", config.http.listen)))?;
+    let grpc_addr = grpc.local_addr().map_err(|e| StartError::Listen(e.to_string()))?;
+    let http_addr = http.local_addr().map_err(|e| StartError::Listen(e.to_string()))?;
+    Ok(Bound { grpc, http, grpc_addr, http_addr })
+}
+
+/// The provider client, the engine and administration over it; the cache starts warming, stale
+/// consents are dropped and declared profiles reconciled.
+async fn start_engine(
+    config: &Config,
+    store: Arc<dyn Store>,
+    keys: KeyRing,
+    clock: Arc<dyn Clock>,
+    jitter: Arc<dyn Jitter>,
+    http_addr: SocketAddr,
+) -> Result<Arc<Admin>, StartError> {
+    let http = ProviderHttp::new(&HttpOptions {
+        connect_timeout: Duration::from_secs(config.provider.connect_timeout_secs),
+        request_timeout: Duration::from_secs(config.provider.request_timeout_secs),
+        max_response_bytes: config.provider.max_response_bytes,
+        ca_bundle: Some(config.provider.ca_bundle_file.clone()).filter(|p| !p.as_os_str().is_empty()),
+        deny: crate::provider::DenyList::parse(&config.provider.deny_networks)
+            .map_err(|e| StartError::Config(format!("provider.deny_networks: {e}")))?,
+    })
+    .map_err(|e| StartError::Config(format!("provider HTTP client: {e}")))?;
+    let settings = engine_settings(config, http_addr);
+    let engine = Engine::new(store, Arc::new(keys), Provider::new(http), clock, jitter, settings);
+    let admin = Admin::new(Arc::clone(&engine), Duration::from_secs(config.consent.ttl_secs));
+    // Serve first: the cache fills in the background, and a profile not loaded yet is loaded
+    // on first use.
+    engine.spawn_warm_up();
+    if let Err(e) = admin.expire_consents() {
+        tracing::warn!(error = %e, "dropping expired consents failed");
+    }
+    crate::declared::reconcile(&admin, config)
+        .await
+        .map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
+    Ok(admin)
+}
+
+/// Starts serving gRPC (TCP, and the Unix socket if configured) with the hand-out audit writer,
+/// and HTTP (callback, health, metrics).
+async fn serve(
+    config: &Config,
+    admin: &Arc<Admin>,
+    callers: &Callers,
+    tls: Option<crate::grpc::tls::SharedTlsConfig>,
+    bound: Bound,
+    scheduler: &Scheduler,
+    shutdown: &CancellationToken,
+) -> Result<Serving, StartError> {
+    let engine = admin.engine();
+    let grpc_metrics = crate::metrics::GrpcMetrics::default();
+    let (routes, health) =
+        crate::grpc::routes(Arc::clone(admin), callers, &config.grpc, &grpc_metrics, shutdown.clone())
+            .await
+            .map_err(|e| StartError::Config(format!("gRPC services: {e}")))?;
+    let every = Duration::from_secs(config.audit.handout_interval_secs);
+    crate::audit::spawn_handout_writer(callers.clone(), Arc::clone(engine.clock()), every, shutdown.clone());
+    let mut grpc_tasks = vec![listeners::serve_tcp(routes.clone(), bound.grpc, tls, shutdown.clone())];
+    let unix_socket = (!config.grpc.unix_socket.as_os_str().is_empty()).then(|| config.grpc.unix_socket.clone());
+    if let Some(path) = &unix_socket {
+        let listener = listeners::bind_unix(path, config.grpc.unix_socket_mode)?;
+        grpc_tasks.push(listeners::serve_unix(routes, listener, path.clone(), shutdown.clone()));
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let last_sweep = Arc::clone(&scheduler.last_sweep_ms);
+    let metrics =
+        Arc::new(Metrics::new(engine.metrics(), &grpc_metrics, last_sweep, config.metrics.max_profile_series));
+    let http_state = crate::http::HttpState { admin: Arc::clone(admin), ready: Arc::clone(&ready), metrics };
+    let http_shutdown = shutdown.clone();
+    let http_listener = bound.http;
+    let http_task = tokio::spawn(async move {
+        axum::serve(http_listener, crate::http::router(http_state))
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+    });
+    Ok(Serving {
+        grpc_addr: bound.grpc_addr,
+        http_addr: bound.http_addr,
+        health,
+        ready,
+        grpc_tasks,
+        http_task,
+        unix_socket,
+    })
 }
 
 /// The configured callers, or the generated admin when there are none.
@@ -341,17 +425,16 @@ fn caller_configs(config: &Config) -> Result<Vec<CallerConfig>, StartError> {
     }])
 }
 
-/// The core's settings; the default callback URL uses the bound HTTP address (port 0 in tests).
-fn core_settings(config: &Config, http_addr: SocketAddr) -> CoreSettings {
+/// The engine's settings; the default callback URL uses the bound HTTP address (port 0 in tests).
+fn engine_settings(config: &Config, http_addr: SocketAddr) -> EngineSettings {
     let r = &config.refresh;
-    CoreSettings {
+    EngineSettings {
         callback_url: if config.http.callback_url.is_empty() {
             format!("http://{http_addr}/oauth/callback")
         } else {
             config.http.callback_url.clone()
         },
         allow_insecure_http: config.provider.allow_insecure_http,
-        consent_ttl: Duration::from_secs(config.consent.ttl_secs),
         refresh: RefreshPolicy {
             skew_ratio: r.skew_ratio,
             skew_floor: Duration::from_secs(r.skew_floor_secs),

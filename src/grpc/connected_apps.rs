@@ -10,23 +10,24 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::auth::caller;
+use super::convert::profile_reply;
 use super::status::to_status;
+use crate::admin::{Admin, ConnectStart, Revocation};
 use crate::api::pb;
 use crate::api::pb::connected_apps_server::ConnectedApps;
-use crate::core::{ConnectStart, Core, Revocation};
 use crate::profile::timestamp;
 
-/// The service implementation over the core.
+/// The service implementation over profile administration.
 #[derive(Debug, Clone)]
 pub struct ConnectedAppsService {
-    core: Arc<Core>,
+    admin: Arc<Admin>,
     shutdown: CancellationToken,
 }
 
 impl ConnectedAppsService {
     /// The service; `shutdown` ends watch streams.
-    pub fn new(core: Arc<Core>, shutdown: CancellationToken) -> Self {
-        Self { core, shutdown }
+    pub fn new(admin: Arc<Admin>, shutdown: CancellationToken) -> Self {
+        Self { admin, shutdown }
     }
 }
 
@@ -75,24 +76,28 @@ fn parse_redirect(url: &str) -> Result<Redirect, Status> {
 impl ConnectedAppsService {
     async fn create(&self, request: pb::CreateProfileRequest) -> Result<pb::Profile, Status> {
         let profile = request.profile.ok_or_else(|| Status::invalid_argument("profile: required"))?;
-        self.core.create_profile(&profile).await.map_err(to_status)
+        self.admin.create_profile(&profile).await.map(|v| profile_reply(&v)).map_err(to_status)
     }
 
     async fn update(&self, request: pb::UpdateProfileRequest) -> Result<pb::Profile, Status> {
         let profile = request.profile.ok_or_else(|| Status::invalid_argument("profile: required"))?;
-        self.core.update_profile(&profile, request.update_mask.as_ref()).await.map_err(to_status)
+        self.admin
+            .update_profile(&profile, request.update_mask.as_ref())
+            .await
+            .map(|v| profile_reply(&v))
+            .map_err(to_status)
     }
 
     async fn delete(&self, request: pb::DeleteProfileRequest) -> Result<pb::DeleteProfileResponse, Status> {
-        let revocation = self.core.delete_profile(&request.name).await.map_err(to_status)?;
+        let revocation = self.admin.delete_profile(&request.name).await.map_err(to_status)?;
         Ok(pb::DeleteProfileResponse { disconnect: Some(disconnect_reply(revocation, None)) })
     }
 
     async fn start_connect(&self, request: pb::ConnectRequest) -> Result<pb::ConnectResponse, Status> {
         let name = request.name;
         let ConnectStart { status, authorization_url, state, expires_at_ms, device } =
-            self.core.connect(&name).await.map_err(to_status)?;
-        let profile = self.core.get_profile(&name).ok();
+            self.admin.connect(&name).await.map_err(to_status)?;
+        let profile = self.admin.get_profile(&name).ok().map(|v| profile_reply(&v));
         let mut reply = pb::ConnectResponse {
             status: status as i32,
             authorization_url,
@@ -119,31 +124,31 @@ impl ConnectedAppsService {
             return Err(Status::invalid_argument("redirect_url, or code and state: required"));
         };
         let name = self
-            .core
+            .admin
             .complete_consent(&state, code.map(secrecy::SecretString::from), error)
             .await
             .map_err(to_status)?;
-        let profile = self.core.get_profile(&name).map_err(to_status)?;
-        Ok(pb::CompleteConnectResponse { profile: Some(profile) })
+        let profile = self.admin.get_profile(&name).map_err(to_status)?;
+        Ok(pb::CompleteConnectResponse { profile: Some(profile_reply(&profile)) })
     }
 
     async fn disconnect_profile(&self, request: pb::DisconnectRequest) -> Result<pb::DisconnectResponse, Status> {
         let name = request.name;
         crate::profile::validate_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let revocation = self.core.disconnect(&name).await.map_err(to_status)?;
-        let profile = self.core.get_profile(&name).ok();
+        let revocation = self.admin.disconnect(&name).await.map_err(to_status)?;
+        let profile = self.admin.get_profile(&name).ok().map(|v| profile_reply(&v));
         Ok(disconnect_reply(revocation, profile))
     }
 
     async fn refresh(&self, request: pb::RefreshNowRequest) -> Result<pb::RefreshNowResponse, Status> {
         let name = request.name;
         crate::profile::validate_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.core.get_profile(&name).map_err(to_status)?;
-        if let Err(e) = self.core.refresh_shared(&name).await {
-            return Err(super::status::status_for(&e));
+        self.admin.get_profile(&name).map_err(to_status)?;
+        if let Err(e) = self.admin.engine().refresh_shared(&name).await {
+            return Err(super::status::engine_status(&e));
         }
-        let profile = self.core.get_profile(&name).map_err(to_status)?;
-        Ok(pb::RefreshNowResponse { profile: Some(profile) })
+        let profile = self.admin.get_profile(&name).map_err(to_status)?;
+        Ok(pb::RefreshNowResponse { profile: Some(profile_reply(&profile)) })
     }
 }
 
@@ -196,7 +201,7 @@ impl ConnectedApps for ConnectedAppsService {
 
     async fn get_profile(&self, request: Request<pb::GetProfileRequest>) -> Result<Response<pb::Profile>, Status> {
         caller(&request)?.require_viewer()?;
-        self.core.get_profile(&request.into_inner().name).map(Response::new).map_err(to_status)
+        self.admin.get_profile(&request.into_inner().name).map(|v| Response::new(profile_reply(&v))).map_err(to_status)
     }
 
     async fn list_profiles(
@@ -206,7 +211,8 @@ impl ConnectedApps for ConnectedAppsService {
         caller(&request)?.require_viewer()?;
         let request = request.into_inner();
         let (profiles, next_page_token) =
-            self.core.list_profiles(request.page_size, &request.page_token).map_err(to_status)?;
+            self.admin.list_profiles(request.page_size, &request.page_token).map_err(to_status)?;
+        let profiles = profiles.iter().map(profile_reply).collect();
         Ok(Response::new(pb::ListProfilesResponse { profiles, next_page_token }))
     }
 
@@ -246,20 +252,21 @@ impl ConnectedApps for ConnectedAppsService {
         let request = request.into_inner();
         let names: std::collections::HashSet<String> = request.names.into_iter().collect();
         // Subscribe before reading the initial state, so no change falls in between.
-        let changes = BroadcastStream::new(self.core.subscribe());
+        let changes = BroadcastStream::new(self.admin.engine().subscribe());
         let mut initial = Vec::new();
         if request.send_initial {
-            let (profiles, _) = self.core.list_profiles(1000, "").map_err(to_status)?;
-            for profile in profiles.into_iter().filter(|p| names.is_empty() || names.contains(&p.name)) {
+            let (profiles, _) = self.admin.list_profiles(1000, "").map_err(to_status)?;
+            let profiles = profiles.iter().map(profile_reply);
+            for profile in profiles.filter(|p| names.is_empty() || names.contains(&p.name)) {
                 initial.push(Ok(pb::ProfileEvent {
                     kind: pb::profile_event::Kind::Initial as i32,
                     previous_status: profile.status,
                     profile: Some(profile),
-                    time: timestamp(self.core.clock().now_ms()),
+                    time: timestamp(self.admin.engine().clock().now_ms()),
                 }));
             }
         }
-        let core = Arc::clone(&self.core);
+        let admin = Arc::clone(&self.admin);
         let shutdown = self.shutdown.clone();
         let events = futures::StreamExt::take_until(
             changes.filter_map(move |change| {
@@ -267,14 +274,14 @@ impl ConnectedApps for ConnectedAppsService {
                 if !names.is_empty() && !names.contains(&change.name) {
                     return None;
                 }
-                let profile = core.get_profile(&change.name).ok().or_else(|| {
+                let profile = admin.get_profile(&change.name).ok().map(|v| profile_reply(&v)).or_else(|| {
                     Some(pb::Profile { name: change.name.clone(), status: change.status as i32, ..Default::default() })
                 });
                 Some(Ok(pb::ProfileEvent {
                     kind: change.kind as i32,
                     profile,
                     previous_status: change.previous_status as i32,
-                    time: timestamp(core.clock().now_ms()),
+                    time: timestamp(admin.engine().clock().now_ms()),
                 }))
             }),
             async move { shutdown.cancelled().await },

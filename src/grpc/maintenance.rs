@@ -11,33 +11,34 @@ use tonic::{Request, Response, Status};
 use super::auth::caller;
 use super::connected_apps::audited;
 use super::status::to_status;
+use crate::admin::{Admin, KeyUsage};
 use crate::api::pb;
 use crate::api::pb::maintenance_server::Maintenance;
-use crate::core::{Core, KeyUsage};
+use crate::store::Store;
 
 /// Backup bytes gathered before a chunk is sent.
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks buffered ahead of a slow reader (bounds the memory a backup holds).
 const CHUNKS_AHEAD: usize = 4;
 
-/// The service implementation over the core.
+/// The service implementation over administration.
 #[derive(Debug, Clone)]
 pub struct MaintenanceService {
-    core: Arc<Core>,
+    admin: Arc<Admin>,
 }
 
 impl MaintenanceService {
     /// The service.
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+    pub fn new(admin: Arc<Admin>) -> Self {
+        Self { admin }
     }
 
     async fn rotate(&self, request: pb::RotateKeysRequest) -> Result<pb::RotateKeysResponse, Status> {
-        let (active, loaded) = self.core.key_ids();
+        let (active, loaded) = self.admin.key_ids();
         let (resealed, unreadable, usage) = if request.dry_run {
-            (0, 0, self.core.key_usage().await.map_err(to_status)?)
+            (0, 0, self.admin.key_usage().await.map_err(to_status)?)
         } else {
-            let report = self.core.reseal_all().await.map_err(to_status)?;
+            let report = self.admin.reseal_all().await.map_err(to_status)?;
             (report.resealed, report.unreadable, report.usage)
         };
         Ok(pb::RotateKeysResponse {
@@ -66,7 +67,7 @@ fn key_table(active: u32, loaded: &[u32], usage: &KeyUsage) -> Vec<pb::KeyUsage>
 
 /// Reads the whole store on the blocking pool and sends it as chunks of whole lines; stops
 /// early when the client goes away.
-fn stream_backup(core: Arc<Core>, chunks: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>) {
+fn stream_backup(store: Arc<dyn Store>, chunks: tokio::sync::mpsc::Sender<Result<pb::BackupChunk, Status>>) {
     let mut data = Vec::with_capacity(CHUNK_BYTES + 4096);
     let mut entries = 0u64;
     let mut total = 0u64;
@@ -74,8 +75,8 @@ fn stream_backup(core: Arc<Core>, chunks: tokio::sync::mpsc::Sender<Result<pb::B
         let chunk = pb::BackupChunk { data: std::mem::take(data), entries: std::mem::take(entries) };
         chunks.blocking_send(Ok(chunk)).is_ok()
     };
-    let result = core.store().for_each_entry(&mut |tree, key, value| {
-        data.extend_from_slice(crate::daemon::backup::encode_line(tree, key, value).as_bytes());
+    let result = store.for_each_entry(&mut |tree, key, value| {
+        data.extend_from_slice(crate::store::backup::encode_line(tree, key, value).as_bytes());
         entries += 1;
         total += 1;
         data.len() < CHUNK_BYTES || send(&mut data, &mut entries)
@@ -111,8 +112,8 @@ impl Maintenance for MaintenanceService {
         crate::audit::admin_action(&caller, "Backup", "", allowed.as_ref().map(|_| ()));
         allowed?;
         let (sender, receiver) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
-        let core = Arc::clone(&self.core);
-        tokio::task::spawn_blocking(move || stream_backup(core, sender));
+        let store = Arc::clone(self.admin.engine().store());
+        tokio::task::spawn_blocking(move || stream_backup(store, sender));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod connected_apps;
+mod convert;
 pub mod layer;
 mod maintenance;
 pub mod peer_limit;
@@ -21,37 +22,49 @@ use tower_layer::Layer as _;
 
 pub use connected_apps::ConnectedAppsService;
 pub use maintenance::MaintenanceService;
-pub use status::to_status;
+pub use status::{engine_status, to_status};
 pub use tokens::TokensService;
 
+use crate::admin::Admin;
 use crate::api::pb;
 use crate::config::GrpcConfig;
-use crate::core::Core;
 use crate::metrics::GrpcMetrics;
 use auth::Callers;
 use layer::RequestLayer;
 
+/// The gRPC services could not be built (an embedded descriptor set does not decode: a build
+/// defect, not an operator's mistake).
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    /// Server reflection refused a descriptor set.
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// A descriptor set does not decode.
+    #[error("descriptor set: {0}")]
+    Descriptors(#[from] prost::DecodeError),
+}
+
 /// The gRPC routes and the health reporter that operators' probes read. Every service sits
 /// behind the [`RequestLayer`], which counts requests into `metrics`.
 pub async fn routes(
-    core: Arc<Core>,
+    admin: Arc<Admin>,
     callers: &Callers,
     config: &GrpcConfig,
     metrics: &GrpcMetrics,
     shutdown: CancellationToken,
-) -> anyhow::Result<(Routes, HealthReporter)> {
+) -> Result<(Routes, HealthReporter), RoutesError> {
     let max_message_bytes = config.max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
     let apps = pb::connected_apps_server::ConnectedAppsServer::new(ConnectedAppsService::new(
-        Arc::clone(&core),
+        Arc::clone(&admin),
         shutdown.clone(),
     ))
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
-    let maintenance = pb::maintenance_server::MaintenanceServer::new(MaintenanceService::new(Arc::clone(&core)))
+    let maintenance = pb::maintenance_server::MaintenanceServer::new(MaintenanceService::new(Arc::clone(&admin)))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    let tokens = pb::tokens_server::TokensServer::new(TokensService::new(core, shutdown))
+    let tokens = pb::tokens_server::TokensServer::new(TokensService::new(Arc::clone(admin.engine()), shutdown))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     reporter.set_serving::<pb::connected_apps_server::ConnectedAppsServer<ConnectedAppsService>>().await;

@@ -1,28 +1,32 @@
-//! The one table from core errors to gRPC status codes.
+//! The one table from administration and engine errors to gRPC status codes.
 
 use tonic::{Code, Status};
 
-use crate::core::CoreError;
+use crate::admin::AdminError;
+use crate::engine::EngineError;
 use crate::provider::ProviderError;
 
-/// Maps a core error to the status that tells the caller what to do.
-pub fn to_status(error: CoreError) -> Status {
-    status_for(&error)
+/// Maps an administration error to the status that tells the caller what to do.
+pub fn to_status(error: impl Into<AdminError>) -> Status {
+    match error.into() {
+        AdminError::AlreadyExists(name) => Status::already_exists(AdminError::AlreadyExists(name).to_string()),
+        e @ AdminError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+        AdminError::Engine(e) => engine_status(&e),
+    }
 }
 
-/// [`to_status`] for a shared error (the outcome of a refresh many callers waited on).
-pub fn status_for(error: &CoreError) -> Status {
+/// The status of an engine error (by reference: the outcome of a refresh many callers waited on
+/// is shared).
+pub fn engine_status(error: &EngineError) -> Status {
     let code = match error {
-        CoreError::NotFound(_) => Code::NotFound,
-        CoreError::AlreadyExists(_) => Code::AlreadyExists,
-        CoreError::InvalidArgument(_) => Code::InvalidArgument,
-        CoreError::FailedPrecondition(_) => Code::FailedPrecondition,
-        CoreError::Unavailable(_) => Code::Unavailable,
-        CoreError::Provider(e) if e.is_permanent() => Code::FailedPrecondition,
-        CoreError::Provider(ProviderError::Transient { .. } | ProviderError::BadReply { .. }) => Code::Unavailable,
-        CoreError::Provider(_) => Code::FailedPrecondition,
-        CoreError::Aborted(_) => Code::Aborted,
-        CoreError::Storage(_) | CoreError::Sealed(_) => Code::Internal,
+        EngineError::NotFound(_) => Code::NotFound,
+        EngineError::FailedPrecondition(_) => Code::FailedPrecondition,
+        EngineError::Unavailable(_) => Code::Unavailable,
+        EngineError::Provider(e) if e.is_permanent() => Code::FailedPrecondition,
+        EngineError::Provider(ProviderError::Transient { .. } | ProviderError::BadReply { .. }) => Code::Unavailable,
+        EngineError::Provider(_) => Code::FailedPrecondition,
+        EngineError::Aborted(_) => Code::Aborted,
+        EngineError::Storage(_) | EngineError::Sealed(_) => Code::Internal,
     };
     if code == Code::Internal {
         tracing::error!(error = %error, "internal error");

@@ -15,20 +15,20 @@ use super::auth::caller;
 use super::status::to_status;
 use crate::api::pb;
 use crate::api::pb::tokens_server::Tokens;
-use crate::core::{Core, HotToken};
+use crate::engine::{Engine, HotToken};
 use crate::profile::timestamp;
 
-/// The service implementation over the core.
+/// The service implementation over the engine's hand-out path.
 #[derive(Debug, Clone)]
 pub struct TokensService {
-    core: Arc<Core>,
+    engine: Arc<Engine>,
     shutdown: CancellationToken,
 }
 
 impl TokensService {
     /// The service; `shutdown` ends watch streams.
-    pub fn new(core: Arc<Core>, shutdown: CancellationToken) -> Self {
-        Self { core, shutdown }
+    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> Self {
+        Self { engine, shutdown }
     }
 }
 
@@ -63,7 +63,7 @@ impl Tokens for TokensService {
         // Authorization before existence: a consumer learns nothing about names outside its patterns.
         caller.require_token(&request.name)?;
         let min = min_valid_for(request.min_valid_for.as_ref())?;
-        let handout = self.core.access_token(&request.name, min).await.map_err(to_status)?;
+        let handout = self.engine.access_token(&request.name, min).await.map_err(to_status)?;
         caller.handouts.record(&request.name, handout.at_ms, handout.token.token_version);
         Ok(Response::new(reply(request.name, &handout.token)))
     }
@@ -80,11 +80,11 @@ impl Tokens for TokensService {
         let min = min_valid_for(request.min_valid_for.as_ref())?;
         let name = request.name;
         // Subscribe first, so a refresh between the first answer and the subscription is seen.
-        let changes = BroadcastStream::new(self.core.subscribe());
-        let first = self.core.access_token(&name, min).await.map_err(to_status)?;
+        let changes = BroadcastStream::new(self.engine.subscribe());
+        let first = self.engine.access_token(&name, min).await.map_err(to_status)?;
         caller.handouts.record(&name, first.at_ms, first.token.token_version);
         let mut last_version = first.token.token_version;
-        let core = Arc::clone(&self.core);
+        let engine = Arc::clone(&self.engine);
         let shutdown = self.shutdown.clone();
         let stream_name = name.clone();
         let updates = futures::StreamExt::take_until(
@@ -96,13 +96,13 @@ impl Tokens for TokensService {
                 if change.kind == pb::profile_event::Kind::Deleted {
                     return Some(Err(Status::not_found(format!("profile {stream_name:?} was deleted"))));
                 }
-                let state = core.cached(&stream_name)?;
+                let state = engine.cached(&stream_name)?;
                 let token = state.token.as_ref()?;
                 if token.token_version <= last_version {
                     return None;
                 }
                 last_version = token.token_version;
-                caller.handouts.record(&stream_name, core.clock().now_ms(), token.token_version);
+                caller.handouts.record(&stream_name, engine.clock().now_ms(), token.token_version);
                 Some(Ok(reply(stream_name.clone(), token)))
             }),
             async move { shutdown.cancelled().await },

@@ -5,6 +5,7 @@
 //! Every connection write is a compare-and-swap on the record's `version`, and the refresh index
 //! (big-endian refresh time, then name) changes in the same transaction as the connection.
 
+pub mod backup;
 mod records;
 mod sled_store;
 
@@ -73,6 +74,32 @@ pub struct ConnectionWrite {
     pub put_consent: Option<(Vec<u8>, ConsentRecord)>,
     /// A consent to delete.
     pub remove_consent: Option<Vec<u8>>,
+}
+
+impl ConnectionWrite {
+    /// Replaces the connection read as `before` with `record`, guarded by `before`'s version;
+    /// no consent changes.
+    pub fn replacing(name: &str, before: &ConnectionRecord, record: ConnectionRecord) -> Self {
+        Self {
+            name: name.to_owned(),
+            expected_version: before.version,
+            record,
+            put_consent: None,
+            remove_consent: None,
+        }
+    }
+
+    /// The same write, also deleting the consent stored under `key` (if any).
+    pub fn removing_consent(mut self, key: Option<Vec<u8>>) -> Self {
+        self.remove_consent = key;
+        self
+    }
+
+    /// The same write, also storing `consent` under `key`.
+    pub fn putting_consent(mut self, key: Vec<u8>, consent: ConsentRecord) -> Self {
+        self.put_consent = Some((key, consent));
+        self
+    }
 }
 
 /// The trees whose records hold sealed values.

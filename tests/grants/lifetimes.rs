@@ -98,7 +98,7 @@ async fn google_testing_app_hint() {
 /// Polls `check` (waking the scheduler each time) `rounds` times, 20 ms apart.
 async fn settle(daemon: &TestDaemon, rounds: usize, check: impl Fn() -> bool) -> bool {
     for _ in 0..rounds {
-        daemon.daemon().core.wake_scheduler();
+        daemon.daemon().engine().wake_scheduler();
         if check() {
             return true;
         }

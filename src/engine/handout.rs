@@ -1,11 +1,13 @@
-//! `GetAccessToken`: the hot path reads the cache only; the slow path joins the one refresh.
+//! The hand-out path (`GetAccessToken`): the hot path reads the cache slot only; the slow path
+//! joins the one refresh in flight ([`super::refresh`]) and still answers with the freshest
+//! unexpired token when that refresh fails.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::cache::{HotToken, SlotState};
 use super::refresh::{needs_reauthorization, not_connected};
-use super::{Core, CoreError};
+use super::{Engine, EngineError};
 use crate::api::pb;
 use crate::clock::UnixMillis;
 
@@ -24,7 +26,7 @@ fn unexpired(state: &SlotState, now: UnixMillis) -> Option<Arc<HotToken>> {
     state.token.as_ref().filter(|t| t.expires_at_ms > now).cloned()
 }
 
-impl Core {
+impl Engine {
     /// A token valid for at least `min_valid_for` (the policy default when `None`). When the
     /// held token is too old, joins or starts the one refresh; when that fails, or the
     /// connection is backing off, still answers with the freshest unexpired token. Errors only
@@ -33,8 +35,8 @@ impl Core {
         self: &Arc<Self>,
         name: &str,
         min_valid_for: Option<Duration>,
-    ) -> Result<Handout, CoreError> {
-        let slot = self.slot(name).ok_or_else(|| CoreError::NotFound(name.to_owned()))?;
+    ) -> Result<Handout, EngineError> {
+        let slot = self.slot(name).ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
         let min_ms = min_valid_for.unwrap_or(self.settings.refresh.min_valid_for).as_millis() as i64;
         let now = self.clock.now_ms();
         let state = slot.state.load();
@@ -59,7 +61,7 @@ impl Core {
             }
             pb::Status::RefreshFailing if now < state.backoff_until_ms => {
                 return unexpired(&state, now).map(|token| Handout { token, at_ms: now }).ok_or_else(|| {
-                    CoreError::Unavailable(format!(
+                    EngineError::Unavailable(format!(
                         "provider unavailable for profile {name:?} and the token has expired; retry later"
                     ))
                 });
@@ -75,11 +77,11 @@ impl Core {
         }
         match outcome {
             Err(e) => Err(match &*e {
-                CoreError::FailedPrecondition(m) => CoreError::FailedPrecondition(m.clone()),
-                CoreError::NotFound(n) => CoreError::NotFound(n.clone()),
-                other => CoreError::Unavailable(other.to_string()),
+                EngineError::FailedPrecondition(m) => EngineError::FailedPrecondition(m.clone()),
+                EngineError::NotFound(n) => EngineError::NotFound(n.clone()),
+                other => EngineError::Unavailable(other.to_string()),
             }),
-            Ok(()) => Err(CoreError::Unavailable(format!("no valid token for profile {name:?} yet; retry"))),
+            Ok(()) => Err(EngineError::Unavailable(format!("no valid token for profile {name:?} yet; retry"))),
         }
     }
 }

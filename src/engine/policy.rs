@@ -1,4 +1,4 @@
-//! When to refresh, how long to back off, and when a refresh token is about to die: pure
+//! The refresh policy: when to refresh, how long to back off, and when a refresh token is about to die: pure
 //! functions of the policy, the token's times and a jitter fraction, so tests can check the
 //! bounds exactly.
 

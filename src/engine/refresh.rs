@@ -9,28 +9,19 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::cache::FlightOutcome;
-use super::{Core, CoreError, status_of};
+use super::write::TokenWriteExtras;
+use super::{Engine, EngineError, status_of};
 use crate::api::pb;
 use crate::api::pb::profile_event::Kind;
 use crate::crypto::Purpose;
 use crate::profile;
-use crate::provider::{ProviderError, TokenSet};
+use crate::provider::{ProviderError, ProviderSettings, TokenSet};
 use crate::store::{ConnectionRecord, ConnectionWrite, ProfileRecord, StoreError};
 
-/// How often a token write retries onto a newer version before giving up.
-const WRITE_ATTEMPTS: usize = 3;
-
-/// The consent changes that go with storing a token set (code exchange clears the consent).
-#[derive(Debug, Default)]
-pub(super) struct TokenWriteExtras {
-    pub remove_consent: Option<Vec<u8>>,
-    pub connected: bool,
-}
-
-impl Core {
+impl Engine {
     /// Joins the refresh of `name` in flight, or starts one, and waits for its outcome.
     pub async fn refresh_shared(self: &Arc<Self>, name: &str) -> FlightOutcome {
-        let slot = self.slot(name).ok_or_else(|| Arc::new(CoreError::NotFound(name.to_owned())))?;
+        let slot = self.slot(name).ok_or_else(|| Arc::new(EngineError::NotFound(name.to_owned())))?;
         let mut receiver = {
             let mut flight = slot.flight.lock().await;
             match &*flight {
@@ -38,12 +29,12 @@ impl Core {
                 None => {
                     let (sender, receiver) = watch::channel(None);
                     *flight = Some(receiver.clone());
-                    let core = Arc::clone(self);
+                    let engine = Arc::clone(self);
                     let name = name.to_owned();
                     let slot = Arc::clone(&slot);
                     // Its own task: callers that stop waiting do not cancel it.
                     tokio::spawn(async move {
-                        let outcome = core.refresh_once(&name).await.map_err(Arc::new);
+                        let outcome = engine.refresh_once(&name).await.map_err(Arc::new);
                         let _ = sender.send(Some(outcome));
                         *slot.flight.lock().await = None;
                     });
@@ -54,12 +45,12 @@ impl Core {
         let done = receiver.wait_for(Option::is_some).await;
         match done.as_deref() {
             Ok(Some(outcome)) => outcome.clone(),
-            _ => Err(Arc::new(CoreError::Unavailable("refresh task ended without an outcome".into()))),
+            _ => Err(Arc::new(EngineError::Unavailable("refresh task ended without an outcome".into()))),
         }
     }
 
     /// One refresh: call the provider, then store the outcome.
-    async fn refresh_once(self: &Arc<Self>, name: &str) -> Result<(), CoreError> {
+    async fn refresh_once(self: &Arc<Self>, name: &str) -> Result<(), EngineError> {
         let _permit = self.refresh_permits.acquire().await;
         let (profile, connection) = self.load(name)?;
         match status_of(&connection) {
@@ -69,14 +60,14 @@ impl Core {
             }
             _ => {}
         }
-        let settings = self.settings_of(&profile)?;
+        let settings = self.provider_settings(&profile)?;
         let refresh_token = if connection.refresh_token_sealed.is_empty() {
             None
         } else {
             Some(
                 self.keys
                     .open_secret(Purpose::RefreshToken, name, &connection.refresh_token_sealed)
-                    .map_err(|_| CoreError::Sealed(name.to_owned()))?,
+                    .map_err(|_| EngineError::Sealed(name.to_owned()))?,
             )
         };
         let span = tracing::info_span!("refresh", profile = name);
@@ -88,9 +79,9 @@ impl Core {
         name: &str,
         profile: &ProfileRecord,
         connection: ConnectionRecord,
-        settings: crate::provider::ProviderSettings,
+        settings: ProviderSettings,
         refresh_token: Option<SecretString>,
-    ) -> Result<(), CoreError> {
+    ) -> Result<(), EngineError> {
         self.provider_turn(&settings.token_endpoint).await;
         let started = std::time::Instant::now();
         let mut connection = connection;
@@ -112,13 +103,12 @@ impl Core {
         };
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_millis() as u64;
-        self.metrics.refresh_seconds.observe(elapsed.as_secs_f64());
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) if e.is_permanent() => "permanent",
             Err(_) => "transient",
         };
-        self.metrics.refreshes.get_or_create(&crate::metrics::OutcomeLabel { outcome }).inc();
+        self.metrics.count_refresh(outcome, elapsed);
         match result {
             Ok(tokens) => {
                 tracing::info!(profile = name, elapsed_ms, rotated = tokens.refresh_token.is_some(), "refreshed");
@@ -139,7 +129,7 @@ impl Core {
         &self,
         name: &str,
         profile: &ProfileRecord,
-        settings: &crate::provider::ProviderSettings,
+        settings: &ProviderSettings,
         refresh_token: Option<&SecretString>,
     ) -> Option<Result<TokenSet, ProviderError>> {
         match (refresh_token, profile::grant(profile)) {
@@ -166,139 +156,10 @@ impl Core {
         let mut record = before.clone();
         record.status = pb::Status::RefreshFailing as i32;
         record.last_error = format!("provider slow: no answer after {:?}; still waiting", self.settings.soft_timeout);
-        let write = ConnectionWrite {
-            name: name.to_owned(),
-            expected_version: before.version,
-            record,
-            put_consent: None,
-            remove_consent: None,
-        };
-        match self.write(&before, write, Kind::Updated) {
+        match self.write(&before, ConnectionWrite::replacing(name, &before, record), Kind::Updated) {
             Ok(stored) => stored,
             Err(_) => before,
         }
-    }
-
-    /// The provider settings of a profile.
-    pub(super) fn settings_of(&self, profile: &ProfileRecord) -> Result<crate::provider::ProviderSettings, CoreError> {
-        profile::resolve(profile, &self.keys, &self.settings.callback_url, self.settings.allow_insecure_http).map_err(
-            |e| {
-                if e.field == "client_secret" {
-                    CoreError::Sealed(profile.name.clone())
-                } else {
-                    CoreError::FailedPrecondition(format!("profile {:?} cannot be used: {e}", profile.name))
-                }
-            },
-        )
-    }
-
-    /// Stores a fresh token set over `before` (retrying onto newer versions that kept the same
-    /// refresh token), durably when it carries a new refresh token, and only then shows the new
-    /// access token to callers.
-    pub(super) async fn store_tokens(
-        &self,
-        profile: &ProfileRecord,
-        mut before: ConnectionRecord,
-        tokens: TokenSet,
-        extras: TokenWriteExtras,
-        kind: Kind,
-    ) -> Result<ConnectionRecord, CoreError> {
-        let name = profile.name.as_str();
-        let rotated = tokens.refresh_token.is_some();
-        for _ in 0..WRITE_ATTEMPTS {
-            let record = self.token_record(profile, &before, &tokens, extras.connected);
-            let write = ConnectionWrite {
-                name: name.to_owned(),
-                expected_version: before.version,
-                record,
-                put_consent: None,
-                remove_consent: extras.remove_consent.clone(),
-            };
-            match self.store.write_connection(write) {
-                Ok(stored) => {
-                    if rotated {
-                        self.flush().await?;
-                    }
-                    self.after_write(name, &before, &stored, kind);
-                    self.warn_refresh_token_expiry(profile, &stored);
-                    return Ok(stored);
-                }
-                Err(StoreError::Conflict { .. }) => {
-                    let current = self.store.connection(name)?.unwrap_or_default();
-                    // Another writer rotated or disconnected meanwhile: its state wins.
-                    if current.refresh_token_sealed != before.refresh_token_sealed
-                        || current.access_token_sealed.is_empty() != before.access_token_sealed.is_empty()
-                    {
-                        return Err(CoreError::Aborted(name.to_owned()));
-                    }
-                    before = current;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(CoreError::Aborted(name.to_owned()))
-    }
-
-    /// The connection record for a fresh token set.
-    fn token_record(
-        &self,
-        profile: &ProfileRecord,
-        before: &ConnectionRecord,
-        tokens: &TokenSet,
-        connected: bool,
-    ) -> ConnectionRecord {
-        let name = profile.name.as_str();
-        let now = self.clock.now_ms();
-        let policy = self.settings.refresh.for_profile(profile);
-        if tokens.raw_expires_in.is_some_and(|s| s <= 0 || s as u64 > crate::provider::MAX_LIFETIME.as_secs()) {
-            tracing::warn!(
-                profile = name,
-                expires_in = tokens.raw_expires_in,
-                "provider sent an unusable expires_in; clamped"
-            );
-        }
-        let lifetime = tokens.expires_in.unwrap_or(policy.default_lifetime);
-        let expires_at = now + lifetime.as_millis() as i64;
-        let mut record = before.clone();
-        record.status = pb::Status::Connected as i32;
-        record.access_token_sealed = self.keys.seal_secret(Purpose::AccessToken, name, &tokens.access_token);
-        // A reply without a refresh token keeps the stored one (RFC 6749 §6).
-        if let Some(refresh) = &tokens.refresh_token {
-            record.refresh_token_sealed = self.keys.seal_secret(Purpose::RefreshToken, name, refresh);
-        }
-        record.refresh_token_expires_at_ms = if record.refresh_token_sealed.is_empty() {
-            0
-        } else {
-            let rotated = tokens.refresh_token.is_some();
-            policy.refresh_token_expiry(
-                now,
-                rotated,
-                tokens.refresh_token_expires_in,
-                before.refresh_token_expires_at_ms,
-            )
-        };
-        record.token_type = tokens.token_type.clone();
-        if let Some(scopes) = &tokens.scopes {
-            record.scopes = scopes.clone();
-        } else if connected {
-            record.scopes = profile.scopes.clone();
-        }
-        record.expires_at_ms = expires_at;
-        record.last_refreshed_at_ms = now;
-        record.next_refresh_at_ms =
-            policy.next_refresh_at(now, expires_at, record.refresh_token_expires_at_ms, self.jitter.fraction());
-        record.last_error.clear();
-        record.consecutive_failures = 0;
-        record.token_version += 1;
-        if connected {
-            record.connected_at_ms = now;
-            record.pending_consent.clear();
-            record.connected_account = tokens.account.clone().unwrap_or_default();
-        }
-        if !tokens.metadata.is_empty() {
-            record.token_metadata = tokens.metadata.clone();
-        }
-        record
     }
 
     /// Records a failed refresh: backs off after transient failures (the held token keeps being
@@ -308,7 +169,7 @@ impl Core {
         profile: &ProfileRecord,
         before: ConnectionRecord,
         error: ProviderError,
-    ) -> CoreError {
+    ) -> EngineError {
         let name = profile.name.as_str();
         let now = self.clock.now_ms();
         let mut record = before.clone();
@@ -325,23 +186,16 @@ impl Core {
             record.last_error = reauthorization_message(&error, hint);
             record.refresh_token_sealed.clear();
             record.next_refresh_at_ms = 0;
-            CoreError::FailedPrecondition(format!("profile {name:?} needs reauthorization: {}", record.last_error))
+            EngineError::FailedPrecondition(format!("profile {name:?} needs reauthorization: {}", record.last_error))
         } else {
             let policy = self.settings.refresh.for_profile(profile);
             let wait = policy.backoff(record.consecutive_failures, self.jitter.fraction(), error.retry_after());
             record.status = pb::Status::RefreshFailing as i32;
             record.last_error = format!("refresh failing ({} in a row): {error}", record.consecutive_failures);
             record.next_refresh_at_ms = now + wait.as_millis() as i64;
-            CoreError::Unavailable(format!("provider unavailable for profile {name:?}: {error}"))
+            EngineError::Unavailable(format!("provider unavailable for profile {name:?}: {error}"))
         };
-        let write = ConnectionWrite {
-            name: name.to_owned(),
-            expected_version: before.version,
-            record,
-            put_consent: None,
-            remove_consent: None,
-        };
-        match self.store.write_connection(write) {
+        match self.store.write_connection(ConnectionWrite::replacing(name, &before, record)) {
             Ok(stored) => {
                 self.after_write(name, &before, &stored, Kind::Updated);
                 self.warn_refresh_token_expiry(profile, &stored);
@@ -351,15 +205,6 @@ impl Core {
             Err(e) => return e.into(),
         }
         outcome
-    }
-
-    /// Logs a warning when the refresh token is expected to die soon with nothing planned to
-    /// renew it (see [`super::RefreshPolicy::refresh_token_warning`]); `GetProfile` shows it too.
-    fn warn_refresh_token_expiry(&self, profile: &ProfileRecord, stored: &ConnectionRecord) {
-        let policy = self.settings.refresh.for_profile(profile);
-        if let Some(warning) = policy.refresh_token_warning(stored, self.clock.now_ms()) {
-            tracing::warn!(profile = %profile.name, expires_at_ms = stored.refresh_token_expires_at_ms, "{warning}");
-        }
     }
 }
 
@@ -379,14 +224,14 @@ fn reauthorization_message(error: &ProviderError, hint: Option<String>) -> Strin
 }
 
 /// The caller-facing error for a profile with no tokens.
-pub(super) fn not_connected(name: &str) -> CoreError {
-    CoreError::FailedPrecondition(format!("profile {name:?} is not connected; an admin must Connect it"))
+pub(crate) fn not_connected(name: &str) -> EngineError {
+    EngineError::FailedPrecondition(format!("profile {name:?} is not connected; an admin must Connect it"))
 }
 
 /// The caller-facing error for a profile whose grant died.
-pub(super) fn needs_reauthorization(name: &str, c: &ConnectionRecord) -> CoreError {
+pub(crate) fn needs_reauthorization(name: &str, c: &ConnectionRecord) -> EngineError {
     let detail = if c.last_error.is_empty() { String::new() } else { format!(" ({})", c.last_error) };
-    CoreError::FailedPrecondition(format!(
+    EngineError::FailedPrecondition(format!(
         "profile {name:?} needs reauthorization; an admin must Connect it again{detail}"
     ))
 }

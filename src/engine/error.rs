@@ -1,22 +1,15 @@
-//! The core's error: one variant per thing a caller does differently. `grpc::status` maps each
+//! The engine's error: one variant per thing a caller does differently. `grpc::status` maps each
 //! to a gRPC code in one table.
 
-use crate::profile::FieldError;
 use crate::provider::ProviderError;
 use crate::store::StoreError;
 
-/// Why a core operation failed.
+/// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum CoreError {
+pub enum EngineError {
     /// No such profile.
     #[error("profile {0:?} not found")]
     NotFound(String),
-    /// The name is taken.
-    #[error("profile {0:?} already exists")]
-    AlreadyExists(String),
-    /// Bad input, naming the field.
-    #[error("invalid {0}")]
-    InvalidArgument(#[from] FieldError),
     /// The profile is not in a state that allows this (not connected, needs reauthorization,
     /// wrong grant, unknown consent state). The message says what an admin must do.
     #[error("{0}")]
@@ -38,11 +31,10 @@ pub enum CoreError {
     Sealed(String),
 }
 
-impl From<StoreError> for CoreError {
+impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(name) => Self::NotFound(name),
-            StoreError::AlreadyExists(name) => Self::AlreadyExists(name),
             StoreError::Conflict { name, .. } => Self::Aborted(name),
             other => Self::Storage(other),
         }

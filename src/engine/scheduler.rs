@@ -10,12 +10,21 @@ use futures::StreamExt as _;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
-use super::Core;
+use super::Engine;
 
 /// Most index entries one sweep pass takes.
 const SWEEP_BATCH: usize = 1024;
 /// The longest the timer task sleeps without looking (a wall-clock jump is caught by then).
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// Work that runs after every cron sweep (e.g. dropping expired consents), handed in by the
+/// parts that own it so the engine needs to know nothing about them.
+pub type Chore = Arc<dyn Fn() + Send + Sync>;
+
+/// The cron scheduler could not start (a bad `refresh.sweep_cron` expression, mostly).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SchedulerError(#[from] tokio_cron_scheduler::JobSchedulerError);
 
 /// The running scheduler; dropping it does not stop it, [`Scheduler::shutdown`] does.
 pub struct Scheduler {
@@ -35,27 +44,34 @@ impl Scheduler {
     /// Starts the timer task and the cron safety net (`cron` has six fields, seconds first).
     /// Cron, not a repeated job: tokio-cron-scheduler's repeated jobs stall for good after a
     /// pause (mvniekerk/tokio-cron-scheduler#113); cron jobs recompute from now.
-    pub async fn start(core: Arc<Core>, cron: &str, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    pub async fn start(
+        engine: Arc<Engine>,
+        cron: &str,
+        chores: Vec<Chore>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, SchedulerError> {
         let last_sweep_ms = Arc::new(std::sync::atomic::AtomicI64::new(0));
         let sweep_lock = Arc::new(tokio::sync::Mutex::new(()));
         let scheduler = JobScheduler::new().await?;
         {
             // Weak: the scheduler library may keep the job after shutdown; it must not keep the
-            // core (and with it the store's directory lock) alive.
-            let (core, lock, last, stop) =
-                (Arc::downgrade(&core), Arc::clone(&sweep_lock), Arc::clone(&last_sweep_ms), shutdown.clone());
+            // engine (and with it the store's directory lock) alive.
+            let (engine, lock, last, stop) =
+                (Arc::downgrade(&engine), Arc::clone(&sweep_lock), Arc::clone(&last_sweep_ms), shutdown.clone());
+            let chores: Arc<[Chore]> = chores.into();
             scheduler
                 .add(Job::new_async(cron, move |_, _| {
-                    let (core, lock, last, stop) = (core.clone(), Arc::clone(&lock), Arc::clone(&last), stop.clone());
+                    let (engine, lock, last, stop, chores) =
+                        (engine.clone(), Arc::clone(&lock), Arc::clone(&last), stop.clone(), Arc::clone(&chores));
                     Box::pin(async move {
-                        let Some(core) = core.upgrade() else { return };
+                        let Some(engine) = engine.upgrade() else { return };
                         // Never overlaps itself or the timer task: skip if a sweep is running.
                         if let Ok(_guard) = lock.try_lock()
                             && !stop.is_cancelled()
                         {
-                            sweep(&core, &last).await;
-                            if let Err(e) = core.expire_consents() {
-                                tracing::warn!(error = %e, "dropping expired consents failed");
+                            sweep(&engine, &last).await;
+                            for chore in chores.iter() {
+                                chore();
                             }
                         }
                     })
@@ -63,7 +79,7 @@ impl Scheduler {
                 .await?;
         }
         scheduler.start().await?;
-        let timer = tokio::spawn(timer_loop(core, sweep_lock, Arc::clone(&last_sweep_ms), shutdown));
+        let timer = tokio::spawn(timer_loop(engine, sweep_lock, Arc::clone(&last_sweep_ms), shutdown));
         Ok(Self { cron: scheduler, timer, last_sweep_ms })
     }
 
@@ -78,7 +94,7 @@ impl Scheduler {
 }
 
 async fn timer_loop(
-    core: Arc<Core>,
+    engine: Arc<Engine>,
     sweep_lock: Arc<tokio::sync::Mutex<()>>,
     last: Arc<std::sync::atomic::AtomicI64>,
     shutdown: CancellationToken,
@@ -86,11 +102,11 @@ async fn timer_loop(
     loop {
         {
             let _guard = sweep_lock.lock().await;
-            sweep(&core, &last).await;
+            sweep(&engine, &last).await;
         }
-        let sleep = match core.store.earliest_due() {
+        let sleep = match engine.store.earliest_due() {
             Ok(Some(entry)) => {
-                let wait = entry.at_ms - core.clock.now_ms();
+                let wait = entry.at_ms - engine.clock.now_ms();
                 Duration::from_millis(wait.max(0) as u64).min(MAX_SLEEP)
             }
             Ok(None) => MAX_SLEEP,
@@ -105,17 +121,17 @@ async fn timer_loop(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = core.wake.notified() => {}
+            _ = engine.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
     }
 }
 
 /// Refreshes every connection due now, a bounded number at a time, until none is due.
-pub(super) async fn sweep(core: &Arc<Core>, last: &std::sync::atomic::AtomicI64) {
+pub(super) async fn sweep(engine: &Arc<Engine>, last: &std::sync::atomic::AtomicI64) {
     loop {
-        let now = core.clock.now_ms();
-        let due = match core.store.due(now, SWEEP_BATCH) {
+        let now = engine.clock.now_ms();
+        let due = match engine.store.due(now, SWEEP_BATCH) {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!(error = %e, "reading the refresh index failed");
@@ -124,11 +140,11 @@ pub(super) async fn sweep(core: &Arc<Core>, last: &std::sync::atomic::AtomicI64)
         };
         let count = due.len();
         futures::stream::iter(due)
-            .for_each_concurrent(core.settings.max_concurrent_refreshes, |entry| {
-                let core = Arc::clone(core);
+            .for_each_concurrent(engine.settings.max_concurrent_refreshes, |entry| {
+                let engine = Arc::clone(engine);
                 async move {
                     // Outcomes are recorded on the connection; failures were logged.
-                    let _ = core.refresh_shared(&entry.name).await;
+                    let _ = engine.refresh_shared(&entry.name).await;
                 }
             })
             .await;
@@ -136,5 +152,5 @@ pub(super) async fn sweep(core: &Arc<Core>, last: &std::sync::atomic::AtomicI64)
             break;
         }
     }
-    last.store(core.clock.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    last.store(engine.clock.now_ms(), std::sync::atomic::Ordering::Relaxed);
 }

@@ -1,18 +1,26 @@
-//! The daemon's state and operations behind the gRPC surface: profiles, consents, the token
-//! cache and the refresh engine. gRPC handlers and the HTTP callback call into [`Core`]; nothing
-//! here knows about gRPC.
+//! The refresh engine: the token cache, the hand-out path and the refresh path, owned by one
+//! [`Engine`]. Two data paths read top to bottom in this folder:
+//!
+//! - **Hand-out** ([`handout`]): request → cache slot → reply; on a stale token, join the one
+//!   refresh in flight ([`refresh`]).
+//! - **Refresh** ([`scheduler`] → [`refresh`] → [`write`]): due in the index → provider (rate
+//!   limited, one flight per connection, in its own task) → version-guarded write, flushed when
+//!   it rotated ([`group_flush`]) → published to the cache and to watchers.
+//!
+//! Administration ([`crate::admin`]) writes connections through the same [`Engine::write`] and
+//! [`Engine::store_tokens`], so every write goes through one publish step. Nothing here knows
+//! about gRPC or HTTP.
 
 mod cache;
-mod connect;
 mod error;
 mod group_flush;
-mod profiles;
+mod handout;
+mod metrics;
+mod policy;
 mod ratelimit;
 mod refresh;
-mod rekey;
-mod schedule;
 mod scheduler;
-mod tokens;
+mod write;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,20 +28,20 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, broadcast};
 
-pub use cache::{HotToken, SlotState, TokenCache};
-pub use connect::{ConnectStart, DeviceInstructions, Revocation};
-pub use error::CoreError;
-pub use profiles::ManagedChange;
-pub use rekey::{KeyReloadError, KeyUsage, ResealReport};
-pub use schedule::RefreshPolicy;
-pub use scheduler::Scheduler;
-pub use tokens::Handout;
+pub use cache::{HotToken, SlotState};
+pub use error::EngineError;
+pub use handout::Handout;
+pub use metrics::{EngineMetrics, EngineSnapshot, OutcomeLabel, TransitionLabel, status_label};
+pub use policy::RefreshPolicy;
+pub use scheduler::{Chore, Scheduler, SchedulerError};
+pub use write::TokenWriteExtras;
 
 use crate::api::pb;
 use crate::clock::{Clock, Jitter};
 use crate::crypto::{KeyRing, Purpose};
-use crate::provider::Provider;
+use crate::provider::{Provider, ProviderSettings};
 use crate::store::{ConnectionRecord, ProfileRecord, Store};
+use cache::TokenCache;
 
 /// A change to a profile, published to `WatchProfiles` and `WatchAccessToken` streams.
 #[derive(Debug, Clone)]
@@ -48,15 +56,13 @@ pub struct ProfileChange {
     pub status: pb::Status,
 }
 
-/// Settings of the core that come from the configuration.
+/// Settings of the engine that come from the configuration.
 #[derive(Debug, Clone)]
-pub struct CoreSettings {
+pub struct EngineSettings {
     /// Redirect URI for profiles that name none.
     pub callback_url: String,
     /// Allow plain-http provider endpoints off loopback.
     pub allow_insecure_http: bool,
-    /// Lifetime of a started consent.
-    pub consent_ttl: Duration,
     /// Refresh policy defaults.
     pub refresh: RefreshPolicy,
     /// Refreshes running at once.
@@ -70,14 +76,15 @@ pub struct CoreSettings {
     pub provider_burst: u32,
 }
 
-/// The daemon's state. Cheap to share (`Arc<Core>`).
-pub struct Core {
+/// The engine's state. Cheap to share (`Arc<Engine>`).
+pub struct Engine {
     store: Arc<dyn Store>,
     keys: Arc<KeyRing>,
     provider: Provider,
     clock: Arc<dyn Clock>,
     jitter: Arc<dyn Jitter>,
-    settings: CoreSettings,
+    settings: EngineSettings,
+    /// What the hand-out path reads: one slot per profile.
     cache: TokenCache,
     /// Every profile change, for watch streams; lagging receivers skip ahead.
     events: broadcast::Sender<ProfileChange>,
@@ -85,11 +92,8 @@ pub struct Core {
     wake: Notify,
     /// Bounds refreshes running at once (scheduled and on-demand alike).
     refresh_permits: Semaphore,
-    /// Device-grant pollers by profile, cancelled on disconnect, deletion, a new Connect or
-    /// shutdown.
-    device_polls: dashmap::DashMap<String, tokio_util::sync::CancellationToken>,
     /// Counters for `/metrics`.
-    metrics: crate::metrics::EngineMetrics,
+    metrics: EngineMetrics,
     /// Rate limits by token endpoint host.
     provider_limits: dashmap::DashMap<String, Arc<ratelimit::RateLimiter>>,
     /// Flushes shared by concurrent writers (group commit).
@@ -101,21 +105,22 @@ pub struct Core {
     stopping: AtomicBool,
 }
 
-impl std::fmt::Debug for Core {
+impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core").field("profiles", &self.cache.len()).finish_non_exhaustive()
+        f.debug_struct("Engine").field("profiles", &self.cache.len()).finish_non_exhaustive()
     }
 }
 
-impl Core {
-    /// A core over an opened store and key ring. Call [`Core::spawn_warm_up`] when serving starts.
+impl Engine {
+    /// An engine over an opened store and key ring. Call [`Engine::spawn_warm_up`] when serving
+    /// starts.
     pub fn new(
         store: Arc<dyn Store>,
         keys: Arc<KeyRing>,
         provider: Provider,
         clock: Arc<dyn Clock>,
         jitter: Arc<dyn Jitter>,
-        settings: CoreSettings,
+        settings: EngineSettings,
     ) -> Arc<Self> {
         let (events, _) = broadcast::channel(1024);
         let permits = settings.max_concurrent_refreshes.max(1);
@@ -133,8 +138,7 @@ impl Core {
             events,
             wake: Notify::new(),
             refresh_permits: Semaphore::new(permits),
-            device_polls: dashmap::DashMap::new(),
-            metrics: crate::metrics::EngineMetrics::default(),
+            metrics: EngineMetrics::default(),
             provider_limits: dashmap::DashMap::new(),
         })
     }
@@ -142,19 +146,19 @@ impl Core {
     /// Loads every stored connection into the cache in the background (decrypting each access
     /// token once, there, so the hot path never does) and returns at once: the daemon serves
     /// meanwhile, and a profile the warm-up has not reached yet is loaded on its first use
-    /// ([`Core::slot`]). Start-up time no longer grows with the number of profiles.
+    /// ([`Engine::slot`]). Start-up time does not grow with the number of profiles.
     pub fn spawn_warm_up(self: &Arc<Self>) -> tokio::task::JoinHandle<usize> {
-        let core = Arc::clone(self);
+        let engine = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let mut loaded = 0usize;
-            let result = core.store.for_each_connection_name(&mut |name| {
-                if core.cache.get_or_load(name, || core.load_slot(name)).is_some() {
+            let result = engine.store.for_each_connection_name(&mut |name| {
+                if engine.cache.get_or_load(name, || engine.load_slot(name)).is_some() {
                     loaded += 1;
                 }
-                !core.stopping.load(Ordering::Relaxed)
+                !engine.stopping.load(Ordering::Relaxed)
             });
-            core.warming.store(false, Ordering::Release);
+            engine.warming.store(false, Ordering::Release);
             match result {
                 Ok(()) => {
                     tracing::info!(profiles = loaded, ms = started.elapsed().as_millis() as u64, "token cache warm")
@@ -206,8 +210,9 @@ impl Core {
                 }
             }
         };
-        let backoff_until_ms = if status_of(c) == pb::Status::RefreshFailing { c.next_refresh_at_ms } else { 0 };
-        SlotState { token, status: status_of(c), backoff_until_ms }
+        let status = status_of(c);
+        let backoff_until_ms = if status == pb::Status::RefreshFailing { c.next_refresh_at_ms } else { 0 };
+        SlotState { token, status, backoff_until_ms }
     }
 
     /// Waits for a turn at the provider serving `endpoint`.
@@ -222,19 +227,20 @@ impl Core {
         limiter.acquire().await;
     }
 
-    /// How many profiles are in each status (from the cache).
-    pub fn status_counts(&self) -> std::collections::HashMap<pb::Status, usize> {
-        self.cache.status_counts()
-    }
-
-    /// The engine's counters.
-    pub fn metrics(&self) -> &crate::metrics::EngineMetrics {
+    /// The engine's counters, registered once by `/metrics`.
+    pub fn metrics(&self) -> &EngineMetrics {
         &self.metrics
     }
 
-    /// (profile, expiry) of held tokens, the first `limit` by name.
-    pub fn token_expiries(&self, limit: usize) -> Vec<(String, i64)> {
-        self.cache.token_expiries(limit)
+    /// What `/metrics` reads at scrape time: status counts, the first `expiry_limit` token
+    /// expiries by name, the store's size. The scrape never holds the engine.
+    pub fn snapshot(&self, expiry_limit: usize) -> EngineSnapshot {
+        EngineSnapshot {
+            status_counts: self.cache.status_counts(),
+            token_expiries: self.cache.token_expiries(expiry_limit),
+            now_ms: self.clock.now_ms(),
+            store_bytes: self.store.size_on_disk().ok(),
+        }
     }
 
     /// Subscribes to profile changes.
@@ -247,13 +253,9 @@ impl Core {
         self.slot(name).map(|slot| slot.state.load_full())
     }
 
-    /// Stops every background poller (device grants) and the cache warm-up; for shutdown.
+    /// Stops background work (the cache warm-up); for shutdown.
     pub fn stop_background(&self) {
         self.stopping.store(true, Ordering::Relaxed);
-        for poll in self.device_polls.iter() {
-            poll.value().cancel();
-        }
-        self.device_polls.clear();
     }
 
     /// Wakes the refresh scheduler to look at the index now (tests that move the clock use it).
@@ -261,7 +263,7 @@ impl Core {
         self.wake.notify_one();
     }
 
-    /// The clock the core reads.
+    /// The clock the engine reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
@@ -271,12 +273,44 @@ impl Core {
         &self.store
     }
 
+    /// The key ring sealing every secret at rest.
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
+    /// The OAuth protocol client.
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
     /// The settings.
-    pub fn settings(&self) -> &CoreSettings {
+    pub fn settings(&self) -> &EngineSettings {
         &self.settings
     }
 
-    fn publish(&self, name: &str, kind: pb::profile_event::Kind, previous: pb::Status, status: pb::Status) {
+    /// The resolved provider settings of a profile (preset, discovery and overrides applied,
+    /// client secret opened). A secret that does not open is [`EngineError::Sealed`]; anything
+    /// else unusable is a precondition an admin must fix.
+    pub fn provider_settings(&self, profile: &ProfileRecord) -> Result<ProviderSettings, EngineError> {
+        crate::profile::resolve(profile, &self.keys, &self.settings.callback_url, self.settings.allow_insecure_http)
+            .map_err(|e| {
+                if e.field == "client_secret" {
+                    EngineError::Sealed(profile.name.clone())
+                } else {
+                    EngineError::FailedPrecondition(format!("profile {:?} cannot be used: {e}", profile.name))
+                }
+            })
+    }
+
+    /// A profile and its connection, read from the store now.
+    pub fn load(&self, name: &str) -> Result<(ProfileRecord, ConnectionRecord), EngineError> {
+        let profile = self.store.profile(name)?.ok_or_else(|| EngineError::NotFound(name.to_owned()))?;
+        let connection = self.store.connection(name)?.unwrap_or_default();
+        Ok((profile, connection))
+    }
+
+    /// Announces a profile change to watchers (and logs and counts a status change).
+    pub fn publish(&self, name: &str, kind: pb::profile_event::Kind, previous: pb::Status, status: pb::Status) {
         let kind = if kind == pb::profile_event::Kind::Updated && previous != status {
             pb::profile_event::Kind::StatusChanged
         } else {
@@ -284,56 +318,22 @@ impl Core {
         };
         if previous != status {
             tracing::info!(profile = name, from = previous.as_str_name(), to = status.as_str_name(), "status changed");
-            let transition = crate::metrics::TransitionLabel {
-                from: crate::metrics::status_label(previous),
-                to: crate::metrics::status_label(status),
-            };
-            self.metrics.status_changes.get_or_create(&transition).inc();
+            self.metrics.count_transition(previous, status);
         }
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(ProfileChange { name: name.to_owned(), kind, previous_status: previous, status });
     }
 
-    fn load(&self, name: &str) -> Result<(ProfileRecord, ConnectionRecord), CoreError> {
-        let profile = self.store.profile(name)?.ok_or_else(|| CoreError::NotFound(name.to_owned()))?;
-        let connection = self.store.connection(name)?.unwrap_or_default();
-        Ok((profile, connection))
+    /// Shows a newly created profile (not connected) to the cache and watchers.
+    pub fn created(&self, name: &str) {
+        self.cache.set(name, SlotState::default());
+        self.publish(name, pb::profile_event::Kind::Updated, pb::Status::NotConnected, pb::Status::NotConnected);
     }
 
-    /// Shows a stored connection to the cache, the scheduler and watchers.
-    fn after_write(
-        &self,
-        name: &str,
-        before: &ConnectionRecord,
-        stored: &ConnectionRecord,
-        kind: pb::profile_event::Kind,
-    ) {
-        self.cache.set(name, self.slot_state(name, stored));
-        if stored.next_refresh_at_ms > 0
-            && (before.next_refresh_at_ms == 0 || stored.next_refresh_at_ms < before.next_refresh_at_ms)
-        {
-            self.wake.notify_one();
-        }
-        self.publish(name, kind, status_of(before), status_of(stored));
-    }
-
-    /// Writes a connection (version-guarded), then shows it (see [`Core::after_write`]).
-    fn write(
-        &self,
-        before: &ConnectionRecord,
-        write: crate::store::ConnectionWrite,
-        kind: pb::profile_event::Kind,
-    ) -> Result<ConnectionRecord, CoreError> {
-        let name = write.name.clone();
-        let stored = self.store.write_connection(write)?;
-        self.after_write(&name, before, &stored, kind);
-        Ok(stored)
-    }
-
-    /// Makes every write so far durable, off the async runtime; concurrent writers share one
-    /// flush (group commit).
-    async fn flush(&self) -> Result<(), CoreError> {
-        self.flushes.flush().await.map_err(CoreError::Storage)
+    /// Forgets a deleted profile and tells watchers.
+    pub fn deleted(&self, name: &str, previous: pb::Status) {
+        self.cache.remove(name);
+        self.publish(name, pb::profile_event::Kind::Deleted, previous, pb::Status::NotConnected);
     }
 }
 

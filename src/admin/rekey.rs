@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
-use super::{Core, CoreError};
+use super::{Admin, AdminError};
 use crate::crypto::{CANARY_META_KEY, CANARY_TEXT, KeyRing, Purpose};
+use crate::engine::EngineError;
 use crate::store::{ConnectionRecord, ConsentRecord, ProfileRecord, SealedTree, Store, StoreError};
 
 /// How many passes re-sealing makes before it reports what is left: values that a concurrent
@@ -21,7 +22,7 @@ const RESEAL_PASSES: usize = 4;
 /// Sealed values per key id.
 pub type KeyUsage = BTreeMap<u32, u64>;
 
-/// What [`Core::reseal_all`] did.
+/// What [`Admin::reseal_all`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResealReport {
     /// The key every value is now meant to be sealed under.
@@ -50,7 +51,7 @@ pub enum KeyReloadError {
     },
     /// Scanning the store failed.
     #[error(transparent)]
-    Store(#[from] CoreError),
+    Store(#[from] AdminError),
 }
 
 /// One sealed field of a record: where it is and what it seals.
@@ -169,26 +170,26 @@ fn reseal_pass(store: &dyn Store, keys: &KeyRing) -> Result<(u64, u64), StoreErr
     Ok((resealed, unreadable))
 }
 
-impl Core {
+impl Admin {
     /// Sealed values per key id (a full scan of the store; runs on the blocking pool).
-    pub async fn key_usage(&self) -> Result<KeyUsage, CoreError> {
-        let store = std::sync::Arc::clone(&self.store);
+    pub async fn key_usage(&self) -> Result<KeyUsage, AdminError> {
+        let store = std::sync::Arc::clone(self.engine.store());
         tokio::task::spawn_blocking(move || usage_of(store.as_ref()))
             .await
-            .map_err(|e| CoreError::Storage(StoreError::Engine(format!("key usage scan: {e}"))))?
-            .map_err(CoreError::from)
+            .map_err(|e| EngineError::Storage(StoreError::Engine(format!("key usage scan: {e}"))))?
+            .map_err(AdminError::from)
     }
 
     /// The ids of the keys in the ring and the active one.
     pub fn key_ids(&self) -> (u32, Vec<u32>) {
-        (self.keys.active_id(), self.keys.ids())
+        (self.engine.keys().active_id(), self.engine.keys().ids())
     }
 
     /// Checks that `ring` (reloaded from the configuration) holds every key that still seals a
     /// stored value, so installing it loses nothing. The active key always seals the canary, so
     /// it can never be dropped in one step.
     pub async fn check_keys(&self, ring: &KeyRing) -> Result<(), KeyReloadError> {
-        if ring.ids() == self.keys.ids() {
+        if ring.ids() == self.engine.keys().ids() {
             return Ok(());
         }
         let usage = self.key_usage().await?;
@@ -199,20 +200,21 @@ impl Core {
         }
     }
 
-    /// Installs a key ring that passed [`Core::check_keys`]: new values are sealed under its
+    /// Installs a key ring that passed [`Admin::check_keys`]: new values are sealed under its
     /// active key from now on.
     pub fn install_keys(&self, ring: KeyRing) {
-        if ring.ids() != self.keys.ids() || ring.active_id() != self.keys.active_id() {
+        let keys = self.engine.keys();
+        if ring.ids() != keys.ids() || ring.active_id() != keys.active_id() {
             tracing::info!(active = %format_args!("{:08x}", ring.active_id()), keys = ring.ids().len(), "key ring reloaded");
-            self.keys.replace(ring);
+            keys.replace(ring);
         }
     }
 
     /// Re-seals every stored secret that is not under the active key, in passes, until none is
     /// left or the passes run out; durable when it returns.
-    pub async fn reseal_all(&self) -> Result<ResealReport, CoreError> {
-        let store = std::sync::Arc::clone(&self.store);
-        let keys = std::sync::Arc::clone(&self.keys);
+    pub async fn reseal_all(&self) -> Result<ResealReport, AdminError> {
+        let store = std::sync::Arc::clone(self.engine.store());
+        let keys = std::sync::Arc::clone(self.engine.keys());
         let report = tokio::task::spawn_blocking(move || -> Result<ResealReport, StoreError> {
             let mut report = ResealReport { active: keys.active_id(), ..ResealReport::default() };
             for pass in 1..=RESEAL_PASSES {
@@ -231,7 +233,8 @@ impl Core {
             Ok(report)
         })
         .await
-        .map_err(|e| CoreError::Storage(StoreError::Engine(format!("re-seal task: {e}"))))??;
+        .map_err(|e| EngineError::Storage(StoreError::Engine(format!("re-seal task: {e}"))))?
+        .map_err(AdminError::from)?;
         tracing::info!(
             active = %format_args!("{:08x}", report.active),
             resealed = report.resealed,

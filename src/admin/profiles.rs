@@ -5,14 +5,27 @@ use std::sync::Arc;
 
 use prost_types::FieldMask;
 
-use super::{Core, CoreError, Revocation, status_of};
+use super::{Admin, AdminError, Revocation};
 use crate::api::pb;
-use crate::api::pb::profile_event::Kind;
 use crate::crypto::Purpose;
+use crate::engine::EngineError;
+use crate::engine::status_of;
 use crate::profile::{self, FieldError};
 use crate::store::{ConnectionRecord, ProfileRecord};
 
-/// A declared profile's record, validated and ready to store ([`Core::plan_managed`]).
+/// A profile as admins see it: its record, its connection as `GetAccessToken` serves it, and
+/// the refresh-token warning due now. Holds sealed bytes only, never an opened secret.
+#[derive(Debug, Clone)]
+pub struct ProfileView {
+    /// The profile.
+    pub profile: ProfileRecord,
+    /// Its connection, as published to the token cache (see [`Admin::published`]).
+    pub connection: ConnectionRecord,
+    /// Why an admin must act soon, if so.
+    pub warning: Option<String>,
+}
+
+/// A declared profile's record, validated and ready to store ([`Admin::plan_managed`]).
 #[derive(Debug)]
 pub struct ManagedChange {
     record: ProfileRecord,
@@ -25,23 +38,22 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// Page size when the request names none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 
-impl Core {
+impl Admin {
     /// Creates a profile from admin input. A profile naming an issuer gets the endpoints it
     /// does not set from the issuer's metadata (fetched now; nothing is stored if that fails).
-    pub async fn create_profile(&self, input: &pb::Profile) -> Result<pb::Profile, CoreError> {
+    pub async fn create_profile(&self, input: &pb::Profile) -> Result<ProfileView, AdminError> {
         profile::validate_name(&input.name)?;
-        let now = self.clock.now_ms();
+        let now = self.engine.clock().now_ms();
         let mut record =
             ProfileRecord { name: input.name.clone(), create_time_ms: now, update_time_ms: now, ..Default::default() };
         let secret = profile::apply_input(&mut record, input, None)?;
         if let Some(secret) = &secret {
-            record.client_secret_sealed = self.keys.seal_secret(Purpose::ClientSecret, &record.name, secret);
+            record.client_secret_sealed = self.engine.keys().seal_secret(Purpose::ClientSecret, &record.name, secret);
         }
         self.prepare(&mut record, true).await?;
         let connection = ConnectionRecord { status: pb::Status::NotConnected as i32, ..Default::default() };
-        self.store.insert_profile(&record, &connection)?;
-        self.cache.set(&record.name, super::SlotState::default());
-        self.publish(&record.name, Kind::Updated, pb::Status::NotConnected, pb::Status::NotConnected);
+        self.engine.store().insert_profile(&record, &connection)?;
+        self.engine.created(&record.name);
         tracing::info!(profile = %record.name, provider = %record.provider, "profile created");
         Ok(self.view(&record, &connection))
     }
@@ -49,44 +61,46 @@ impl Core {
     /// Checks a profile about to be written: fetches its issuer's metadata when it has none for
     /// that issuer or `rediscover` asks for it, then validates it, refusing endpoints whose
     /// literal address is in the deny-list.
-    async fn prepare(&self, record: &mut ProfileRecord, rediscover: bool) -> Result<(), CoreError> {
-        let insecure = self.settings.allow_insecure_http;
+    async fn prepare(&self, record: &mut ProfileRecord, rediscover: bool) -> Result<(), AdminError> {
+        let insecure = self.engine.settings().allow_insecure_http;
         if record.issuer.trim().is_empty() {
             record.issuer.clear();
             record.discovered = None;
         } else if profile::wants_discovery(record, rediscover) {
             record.issuer = record.issuer.trim().to_owned();
-            let found = self.provider.discover(&record.issuer, insecure).await.map_err(|e| {
+            let found = self.engine.provider().discover(&record.issuer, insecure).await.map_err(|e| {
                 if e.is_transient() {
-                    CoreError::Unavailable(format!("profile {:?}: {e}", record.name))
+                    EngineError::Unavailable(format!("profile {:?}: {e}", record.name)).into()
                 } else {
-                    CoreError::InvalidArgument(FieldError { field: "issuer".into(), message: e.to_string() })
+                    AdminError::InvalidArgument(FieldError { field: "issuer".into(), message: e.to_string() })
                 }
             })?;
             tracing::info!(profile = %record.name, metadata = %found.metadata_url, "issuer metadata discovered");
-            record.discovered = Some(profile::discovered_record(found, self.clock.now_ms()));
+            record.discovered = Some(profile::discovered_record(found, self.engine.clock().now_ms()));
         }
         profile::validate_record(record, insecure)?;
-        let settings = profile::resolve(record, &self.keys, &self.settings.callback_url, insecure)?;
+        let settings = profile::resolve(record, self.engine.keys(), &self.engine.settings().callback_url, insecure)?;
         let endpoints = [
             ("token_endpoint", Some(&settings.token_endpoint)),
             ("revocation_endpoint", settings.revocation_endpoint.as_ref()),
             ("device_authorization_endpoint", settings.device_authorization_endpoint.as_ref()),
         ];
         for (field, url) in endpoints {
-            if let Some(Err(denied)) = url.map(|u| self.provider.check_endpoint(u)) {
+            if let Some(Err(denied)) = url.map(|u| self.engine.provider().check_endpoint(u)) {
                 return Err(FieldError { field: field.into(), message: denied.to_string() }.into());
             }
         }
         Ok(())
     }
 
-    /// The API view of a profile, with the warning due now, if any.
-    fn view(&self, record: &ProfileRecord, connection: &ConnectionRecord) -> pb::Profile {
-        let mut view = profile::to_api(record, &self.published(&record.name, connection));
-        let policy = self.settings.refresh.for_profile(record);
-        view.warning = policy.refresh_token_warning(connection, self.clock.now_ms()).unwrap_or_default();
-        view
+    /// How admins see a profile: as published, with the warning due now, if any.
+    fn view(&self, record: &ProfileRecord, connection: &ConnectionRecord) -> ProfileView {
+        let policy = self.engine.settings().refresh.for_profile(record);
+        ProfileView {
+            profile: record.clone(),
+            connection: self.published(&record.name, connection).into_owned(),
+            warning: policy.refresh_token_warning(connection, self.engine.clock().now_ms()),
+        }
     }
 
     /// The connection as `GetAccessToken` sees it. A new token set is written, flushed, then
@@ -94,7 +108,7 @@ impl Core {
     /// while `GetAccessToken` still serves the previous state. Admin views show the published
     /// status and expiry then, so a profile never reads CONNECTED before its token can be fetched.
     fn published<'a>(&self, name: &str, connection: &'a ConnectionRecord) -> Cow<'a, ConnectionRecord> {
-        let Some(slot) = self.cached(name) else { return Cow::Borrowed(connection) };
+        let Some(slot) = self.engine.cached(name) else { return Cow::Borrowed(connection) };
         let cached_version = slot.token.as_ref().map_or(0, |t| t.token_version);
         if connection.access_token_sealed.is_empty() || connection.token_version <= cached_version {
             return Cow::Borrowed(connection);
@@ -114,41 +128,40 @@ impl Core {
         &self,
         input: &pb::Profile,
         mask: Option<&FieldMask>,
-    ) -> Result<pb::Profile, CoreError> {
+    ) -> Result<ProfileView, AdminError> {
         profile::validate_name(&input.name)?;
-        let (mut record, connection) = self.load(&input.name)?;
+        let (mut record, connection) = self.engine.load(&input.name)?;
         if record.managed {
-            return Err(CoreError::FailedPrecondition(format!(
+            return Err(AdminError::precondition(format!(
                 "profile {:?} is managed by the configuration file; edit it there",
                 record.name
             )));
         }
         let secret = profile::apply_input(&mut record, input, mask)?;
         if let Some(secret) = &secret {
-            record.client_secret_sealed = self.keys.seal_secret(Purpose::ClientSecret, &record.name, secret);
+            record.client_secret_sealed = self.engine.keys().seal_secret(Purpose::ClientSecret, &record.name, secret);
         }
-        record.update_time_ms = self.clock.now_ms();
+        record.update_time_ms = self.engine.clock().now_ms();
         self.prepare(&mut record, profile::names_issuer(mask)).await?;
-        self.store.replace_profile(&record)?;
+        self.engine.store().replace_profile(&record)?;
         let status = status_of(&connection);
-        self.publish(&record.name, Kind::Updated, status, status);
+        self.engine.publish(&record.name, pb::profile_event::Kind::Updated, status, status);
         tracing::info!(profile = %record.name, "profile updated");
         Ok(self.view(&record, &connection))
     }
 
     /// Disconnects (revoking where possible), then deletes the profile.
-    pub async fn delete_profile(self: &Arc<Self>, name: &str) -> Result<Revocation, CoreError> {
+    pub async fn delete_profile(self: &Arc<Self>, name: &str) -> Result<Revocation, AdminError> {
         profile::validate_name(name)?;
-        let (record, connection) = self.load(name)?;
+        let (record, connection) = self.engine.load(name)?;
         if record.managed {
-            return Err(CoreError::FailedPrecondition(format!(
+            return Err(AdminError::precondition(format!(
                 "profile {name:?} is managed by the configuration file; remove it there"
             )));
         }
         let revocation = self.disconnect(name).await?;
-        self.store.remove_profile(name)?;
-        self.cache.remove(name);
-        self.publish(name, Kind::Deleted, status_of(&connection), pb::Status::NotConnected);
+        self.engine.store().remove_profile(name)?;
+        self.engine.deleted(name, status_of(&connection));
         tracing::info!(profile = name, "profile deleted");
         Ok(revocation)
     }
@@ -158,10 +171,10 @@ impl Core {
     /// the stored one. Issuer metadata is fetched only for a new or changed issuer, so a restart
     /// does not depend on the issuer. Reconciling plans every declared profile before applying
     /// any, so one bad entry changes nothing.
-    pub async fn plan_managed(&self, input: &pb::Profile) -> Result<ManagedChange, CoreError> {
+    pub async fn plan_managed(&self, input: &pb::Profile) -> Result<ManagedChange, AdminError> {
         profile::validate_name(&input.name)?;
-        let now = self.clock.now_ms();
-        let existing = self.store.profile(&input.name)?;
+        let now = self.engine.clock().now_ms();
+        let existing = self.engine.store().profile(&input.name)?;
         let created = existing.is_none();
         let mut record = existing.unwrap_or_else(|| ProfileRecord {
             name: input.name.clone(),
@@ -171,12 +184,13 @@ impl Core {
         let before = record.clone();
         let secret = profile::apply_input(&mut record, input, None)?;
         if let Some(secret) = &secret {
+            let keys = self.engine.keys();
             let unchanged =
-                self.keys.open_secret(Purpose::ClientSecret, &record.name, &record.client_secret_sealed).is_ok_and(
-                    |old| secrecy::ExposeSecret::expose_secret(&old) == secrecy::ExposeSecret::expose_secret(secret),
-                );
+                keys.open_secret(Purpose::ClientSecret, &record.name, &record.client_secret_sealed).is_ok_and(|old| {
+                    secrecy::ExposeSecret::expose_secret(&old) == secrecy::ExposeSecret::expose_secret(secret)
+                });
             if !unchanged {
-                record.client_secret_sealed = self.keys.seal_secret(Purpose::ClientSecret, &record.name, secret);
+                record.client_secret_sealed = keys.seal_secret(Purpose::ClientSecret, &record.name, secret);
             }
         }
         record.managed = true;
@@ -189,27 +203,26 @@ impl Core {
     }
 
     /// Stores a planned declared profile. Returns whether it was created.
-    pub fn apply_managed(&self, change: ManagedChange) -> Result<bool, CoreError> {
+    pub fn apply_managed(&self, change: ManagedChange) -> Result<bool, AdminError> {
         let ManagedChange { record, created, changed } = change;
         if created {
             let connection = ConnectionRecord { status: pb::Status::NotConnected as i32, ..Default::default() };
-            self.store.insert_profile(&record, &connection)?;
-            self.cache.set(&record.name, super::SlotState::default());
-            self.publish(&record.name, Kind::Updated, pb::Status::NotConnected, pb::Status::NotConnected);
+            self.engine.store().insert_profile(&record, &connection)?;
+            self.engine.created(&record.name);
         } else if changed {
-            self.store.replace_profile(&record)?;
-            let status = self.cached(&record.name).map(|s| s.status).unwrap_or(pb::Status::NotConnected);
-            self.publish(&record.name, Kind::Updated, status, status);
+            self.engine.store().replace_profile(&record)?;
+            let status = self.engine.cached(&record.name).map(|s| s.status).unwrap_or(pb::Status::NotConnected);
+            self.engine.publish(&record.name, pb::profile_event::Kind::Updated, status, status);
         }
         Ok(created)
     }
 
     /// Names of the profiles declared in the configuration.
-    pub fn managed_profiles(&self) -> Result<Vec<String>, CoreError> {
+    pub fn managed_profiles(&self) -> Result<Vec<String>, AdminError> {
         let mut names = Vec::new();
         let mut after = String::new();
         loop {
-            let page = self.store.profiles_after(&after, MAX_PAGE_SIZE)?;
+            let page = self.engine.store().profiles_after(&after, MAX_PAGE_SIZE)?;
             let Some((last, _)) = page.last() else { break };
             after = last.name.clone();
             names.extend(page.iter().filter(|(p, _)| p.managed).map(|(p, _)| p.name.clone()));
@@ -218,24 +231,23 @@ impl Core {
     }
 
     /// Deletes a managed profile no longer declared (disconnecting it first).
-    pub async fn delete_managed(self: &Arc<Self>, name: &str) -> Result<(), CoreError> {
-        let (_, connection) = self.load(name)?;
+    pub async fn delete_managed(self: &Arc<Self>, name: &str) -> Result<(), AdminError> {
+        let (_, connection) = self.engine.load(name)?;
         self.disconnect(name).await?;
-        self.store.remove_profile(name)?;
-        self.cache.remove(name);
-        self.publish(name, Kind::Deleted, status_of(&connection), pb::Status::NotConnected);
+        self.engine.store().remove_profile(name)?;
+        self.engine.deleted(name, status_of(&connection));
         Ok(())
     }
 
     /// One profile with its connection state.
-    pub fn get_profile(&self, name: &str) -> Result<pb::Profile, CoreError> {
+    pub fn get_profile(&self, name: &str) -> Result<ProfileView, AdminError> {
         profile::validate_name(name)?;
-        let (record, connection) = self.load(name)?;
+        let (record, connection) = self.engine.load(name)?;
         Ok(self.view(&record, &connection))
     }
 
     /// A page of profiles in name order, and the token of the next page ("" on the last).
-    pub fn list_profiles(&self, page_size: i32, page_token: &str) -> Result<(Vec<pb::Profile>, String), CoreError> {
+    pub fn list_profiles(&self, page_size: i32, page_token: &str) -> Result<(Vec<ProfileView>, String), AdminError> {
         let size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => {
@@ -249,7 +261,7 @@ impl Core {
             );
         }
         // One extra tells whether another page follows.
-        let mut rows = self.store.profiles_after(page_token, size + 1)?;
+        let mut rows = self.engine.store().profiles_after(page_token, size + 1)?;
         let next = if rows.len() > size {
             rows.truncate(size);
             rows.last().map(|(p, _)| p.name.clone()).unwrap_or_default()

@@ -56,7 +56,7 @@ impl Default for SlotState {
 }
 
 /// How the one refresh in flight ended, as seen by those who waited on it.
-pub type FlightOutcome = Result<(), Arc<super::CoreError>>;
+pub type FlightOutcome = Result<(), Arc<super::EngineError>>;
 
 /// One profile's cache entry.
 #[derive(Debug)]
@@ -141,11 +141,6 @@ impl TokenCache {
     /// Number of profiles cached.
     pub fn len(&self) -> usize {
         self.slots.len()
-    }
-
-    /// Whether no profile is cached.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 }
 

@@ -8,15 +8,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use super::refresh::TokenWriteExtras;
-use super::{Core, CoreError, status_of};
+use super::{Admin, AdminError};
 use crate::api::pb;
 use crate::api::pb::profile_event::Kind;
 use crate::clock::UnixMillis;
 use crate::crypto::Purpose;
+use crate::engine::{EngineError, TokenWriteExtras, status_of};
 use crate::profile;
-use crate::provider::ProviderError;
-use crate::store::{ConnectionRecord, ConnectionWrite, ConsentRecord};
+use crate::provider::{ProviderError, ProviderSettings, TokenSet};
+use crate::store::{ConnectionRecord, ConnectionWrite, ConsentRecord, ProfileRecord};
 
 /// What `Connect` started.
 #[derive(Debug)]
@@ -64,17 +64,18 @@ fn consent_key(state: &str) -> Vec<u8> {
     Sha256::digest(state.as_bytes()).to_vec()
 }
 
-impl Core {
+impl Admin {
     /// Starts the profile's grant.
-    pub async fn connect(self: &Arc<Self>, name: &str) -> Result<ConnectStart, CoreError> {
-        let (profile, before) = self.load(name)?;
-        let settings = self.settings_of(&profile)?;
+    pub async fn connect(self: &Arc<Self>, name: &str) -> Result<ConnectStart, AdminError> {
+        let (profile, before) = self.engine.load(name)?;
+        let settings = self.engine.provider_settings(&profile)?;
         self.stop_device_poll(name);
         match profile::grant(&profile) {
             pb::Grant::ClientCredentials => {
-                let tokens = self.provider.client_credentials(&settings).await.map_err(CoreError::Provider)?;
+                let tokens =
+                    self.engine.provider().client_credentials(&settings).await.map_err(EngineError::Provider)?;
                 let extras = TokenWriteExtras { remove_consent: non_empty(&before.pending_consent), connected: true };
-                let stored = self.store_tokens(&profile, before, tokens, extras, Kind::StatusChanged).await?;
+                let stored = self.engine.store_tokens(&profile, before, tokens, extras, Kind::StatusChanged).await?;
                 Ok(ConnectStart {
                     status: status_of(&stored),
                     authorization_url: String::new(),
@@ -90,28 +91,28 @@ impl Core {
 
     fn start_consent(
         &self,
-        profile: &crate::store::ProfileRecord,
+        profile: &ProfileRecord,
         before: ConnectionRecord,
-        settings: &crate::provider::ProviderSettings,
-    ) -> Result<ConnectStart, CoreError> {
+        settings: &ProviderSettings,
+    ) -> Result<ConnectStart, AdminError> {
         let name = profile.name.as_str();
         let state = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        let start = self.provider.authorization_url(settings, &state).map_err(|e| match e {
-            ProviderError::Config(m) => CoreError::FailedPrecondition(format!("profile {name:?}: {m}")),
-            other => CoreError::Provider(other),
+        let start = self.engine.provider().authorization_url(settings, &state).map_err(|e| match e {
+            ProviderError::Config(m) => AdminError::precondition(format!("profile {name:?}: {m}")),
+            other => EngineError::Provider(other).into(),
         })?;
-        let now = self.clock.now_ms();
-        let expires_at = now + self.settings.consent_ttl.as_millis() as i64;
+        let now = self.engine.clock().now_ms();
+        let expires_at = now + self.consent_ttl.as_millis() as i64;
         let key = consent_key(&state);
         let consent = ConsentRecord {
             profile: name.to_owned(),
-            pkce_verifier_sealed: self.keys.seal_secret(Purpose::PkceVerifier, name, &start.pkce_verifier),
+            pkce_verifier_sealed: self.engine.keys().seal_secret(Purpose::PkceVerifier, name, &start.pkce_verifier),
             redirect_uri: settings.redirect_uri.as_ref().map(|u| u.to_string()).unwrap_or_default(),
             created_at_ms: now,
             expires_at_ms: expires_at,
             grant: pb::Grant::AuthorizationCode as i32,
         };
-        let stored = self.write(&before, pending_consent_write(name, &before, key, consent), Kind::Updated)?;
+        let stored = self.engine.write(&before, pending_consent_write(name, &before, key, consent), Kind::Updated)?;
         tracing::info!(profile = name, "consent started");
         Ok(ConnectStart {
             status: status_of(&stored),
@@ -133,16 +134,16 @@ impl Core {
     /// simply expires.
     async fn start_device(
         self: &Arc<Self>,
-        profile: &crate::store::ProfileRecord,
+        profile: &ProfileRecord,
         before: ConnectionRecord,
-        settings: crate::provider::ProviderSettings,
-    ) -> Result<ConnectStart, CoreError> {
+        settings: ProviderSettings,
+    ) -> Result<ConnectStart, AdminError> {
         let name = profile.name.clone();
-        let start = self.provider.device_authorization(&settings).await.map_err(|e| match e {
-            ProviderError::Config(m) => CoreError::FailedPrecondition(format!("profile {name:?}: {m}")),
-            other => CoreError::Provider(other),
+        let start = self.engine.provider().device_authorization(&settings).await.map_err(|e| match e {
+            ProviderError::Config(m) => AdminError::precondition(format!("profile {name:?}: {m}")),
+            other => EngineError::Provider(other).into(),
         })?;
-        let now = self.clock.now_ms();
+        let now = self.engine.clock().now_ms();
         let expires_at = now + start.expires_in.as_millis() as i64;
         let key = rand::random::<[u8; 32]>().to_vec();
         let consent = ConsentRecord {
@@ -153,21 +154,22 @@ impl Core {
             expires_at_ms: expires_at,
             grant: pb::Grant::DeviceCode as i32,
         };
-        let stored = self.write(&before, pending_consent_write(&name, &before, key.clone(), consent), Kind::Updated)?;
+        let stored =
+            self.engine.write(&before, pending_consent_write(&name, &before, key.clone(), consent), Kind::Updated)?;
         let cancel = tokio_util::sync::CancellationToken::new();
         self.device_polls.insert(name.clone(), cancel.clone());
-        let core = Arc::clone(self);
+        let admin = Arc::clone(self);
         let details = start.details;
         let poll_name = name.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                result = core.provider.poll_device(&settings, &details) => {
+                result = admin.engine.provider().poll_device(&settings, &details) => {
                     let result = match result {
-                        Ok(tokens) => Ok(core.provider.with_account(&settings, tokens).await),
+                        Ok(tokens) => Ok(admin.engine.provider().with_account(&settings, tokens).await),
                         failed => failed,
                     };
-                    core.finish_device(&poll_name, &key, result).await;
+                    admin.finish_device(&poll_name, &key, result).await;
                 }
             }
         });
@@ -187,16 +189,20 @@ impl Core {
     }
 
     /// Stores the outcome of a device poll, if its consent is still the pending one.
-    async fn finish_device(&self, name: &str, key: &[u8], result: Result<crate::provider::TokenSet, ProviderError>) {
+    async fn finish_device(&self, name: &str, key: &[u8], result: Result<TokenSet, ProviderError>) {
         self.device_polls.remove(name);
-        let Ok((profile, before)) = self.load(name) else { return };
+        let Ok((profile, before)) = self.engine.load(name) else { return };
         if before.pending_consent != key {
             return;
         }
         let outcome = match result {
             Ok(tokens) => {
                 let extras = TokenWriteExtras { remove_consent: Some(key.to_vec()), connected: true };
-                self.store_tokens(&profile, before, tokens, extras, Kind::StatusChanged).await.map(|_| ())
+                self.engine
+                    .store_tokens(&profile, before, tokens, extras, Kind::StatusChanged)
+                    .await
+                    .map(|_| ())
+                    .map_err(AdminError::from)
             }
             Err(e) => {
                 let message = match &e {
@@ -210,14 +216,8 @@ impl Core {
                 };
                 let mut claimed = before.clone();
                 claimed.pending_consent.clear();
-                let claim = ConnectionWrite {
-                    name: name.to_owned(),
-                    expected_version: before.version,
-                    record: claimed,
-                    put_consent: None,
-                    remove_consent: Some(key.to_vec()),
-                };
-                match self.store.write_connection(claim) {
+                let claim = ConnectionWrite::replacing(name, &before, claimed).removing_consent(Some(key.to_vec()));
+                match self.engine.store().write_connection(claim) {
                     Ok(claimed) => self.fail_consent(name, claimed, message),
                     Err(e) => Err(e.into()),
                 }
@@ -235,28 +235,21 @@ impl Core {
         state: &str,
         code: Option<SecretString>,
         provider_error: Option<(String, String)>,
-    ) -> Result<String, CoreError> {
+    ) -> Result<String, AdminError> {
         let key = consent_key(state);
-        let refused =
-            || CoreError::FailedPrecondition("unknown, used or expired consent state; start again with Connect".into());
-        let consent = self.store.consent(&key)?.ok_or_else(refused)?;
+        let refused = || AdminError::precondition("unknown, used or expired consent state; start again with Connect");
+        let consent = self.engine.store().consent(&key)?.ok_or_else(refused)?;
         let name = consent.profile.clone();
-        let (profile, before) = self.load(&name)?;
+        let (profile, before) = self.engine.load(&name)?;
         if before.pending_consent != key {
             return Err(refused());
         }
-        let now = self.clock.now_ms();
+        let now = self.engine.clock().now_ms();
         // Claim the consent first (version-guarded), so a replay racing this one is refused.
         let mut claimed = before.clone();
         claimed.pending_consent.clear();
-        let claim = ConnectionWrite {
-            name: name.clone(),
-            expected_version: before.version,
-            record: claimed,
-            put_consent: None,
-            remove_consent: Some(key.clone()),
-        };
-        let claimed = self.store.write_connection(claim).map_err(|_| refused())?;
+        let claim = ConnectionWrite::replacing(&name, &before, claimed).removing_consent(Some(key.clone()));
+        let claimed = self.engine.store().write_connection(claim).map_err(|_| refused())?;
         if consent.expires_at_ms <= now {
             self.fail_consent(&name, claimed, "the consent expired before it was completed".into())?;
             return Err(refused());
@@ -274,12 +267,13 @@ impl Core {
             (None, None) => Err("the redirect carried no code".to_owned()),
             (Some(code), None) => {
                 let verifier = self
-                    .keys
+                    .engine
+                    .keys()
                     .open_secret(Purpose::PkceVerifier, &name, &consent.pkce_verifier_sealed)
-                    .map_err(|_| CoreError::Sealed(name.clone()))?;
-                let settings = self.settings_of(&profile)?;
-                match self.provider.exchange_code(&settings, &code, &verifier).await {
-                    Ok(tokens) => Ok(self.provider.with_account(&settings, tokens).await),
+                    .map_err(|_| EngineError::Sealed(name.clone()))?;
+                let settings = self.engine.provider_settings(&profile)?;
+                match self.engine.provider().exchange_code(&settings, &code, &verifier).await {
+                    Ok(tokens) => Ok(self.engine.provider().with_account(&settings, tokens).await),
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -287,20 +281,20 @@ impl Core {
         match outcome {
             Ok(tokens) => {
                 let extras = TokenWriteExtras { remove_consent: None, connected: true };
-                self.store_tokens(&profile, claimed, tokens, extras, Kind::StatusChanged).await?;
+                self.engine.store_tokens(&profile, claimed, tokens, extras, Kind::StatusChanged).await?;
                 tracing::info!(profile = %name, "connected");
                 Ok(name)
             }
             Err(message) => {
                 let message = format!("consent failed: {message}");
                 self.fail_consent(&name, claimed, message.clone())?;
-                Err(CoreError::FailedPrecondition(format!("profile {name:?}: {message}")))
+                Err(AdminError::precondition(format!("profile {name:?}: {message}")))
             }
         }
     }
 
     /// Puts a connection back to where it was before a consent that failed, with the reason.
-    fn fail_consent(&self, name: &str, before: ConnectionRecord, message: String) -> Result<(), CoreError> {
+    fn fail_consent(&self, name: &str, before: ConnectionRecord, message: String) -> Result<(), AdminError> {
         let mut record = before.clone();
         if status_of(&before) == pb::Status::Connecting {
             record.status = match before.status_before_consent {
@@ -309,25 +303,19 @@ impl Core {
             };
         }
         record.last_error = message;
-        let write = ConnectionWrite {
-            name: name.to_owned(),
-            expected_version: before.version,
-            record,
-            put_consent: None,
-            remove_consent: None,
-        };
-        self.write(&before, write, Kind::Updated).map(|_| ())
+        self.engine.write(&before, ConnectionWrite::replacing(name, &before, record), Kind::Updated)?;
+        Ok(())
     }
 
     /// Drops consents past their time to live (after a restart, too).
-    pub fn expire_consents(&self) -> Result<usize, CoreError> {
-        let now = self.clock.now_ms();
+    pub fn expire_consents(&self) -> Result<usize, AdminError> {
+        let now = self.engine.clock().now_ms();
         let mut dropped = 0;
-        for (key, consent) in self.store.consents()? {
+        for (key, consent) in self.engine.store().consents()? {
             if consent.expires_at_ms > now {
                 continue;
             }
-            let before = self.store.connection(&consent.profile)?.unwrap_or_default();
+            let before = self.engine.store().connection(&consent.profile)?.unwrap_or_default();
             if before.pending_consent == key {
                 let mut record = before.clone();
                 record.pending_consent.clear();
@@ -338,26 +326,15 @@ impl Core {
                     };
                     record.last_error = "the consent expired before it was completed".into();
                 }
-                let write = ConnectionWrite {
-                    name: consent.profile.clone(),
-                    expected_version: before.version,
-                    record,
-                    put_consent: None,
-                    remove_consent: Some(key),
-                };
-                if self.write(&before, write, Kind::Updated).is_ok() {
+                let write = ConnectionWrite::replacing(&consent.profile, &before, record).removing_consent(Some(key));
+                if self.engine.write(&before, write, Kind::Updated).is_ok() {
                     dropped += 1;
                 }
             } else {
                 // An orphan (its profile moved on): remove it with an empty no-op write.
-                let write = ConnectionWrite {
-                    name: consent.profile.clone(),
-                    expected_version: before.version,
-                    record: before.clone(),
-                    put_consent: None,
-                    remove_consent: Some(key),
-                };
-                let _ = self.store.write_connection(write);
+                let write =
+                    ConnectionWrite::replacing(&consent.profile, &before, before.clone()).removing_consent(Some(key));
+                let _ = self.engine.store().write_connection(write);
                 dropped += 1;
             }
         }
@@ -366,8 +343,8 @@ impl Core {
 
     /// Revokes the profile's tokens at the provider where it has an endpoint (the refresh token,
     /// else the access token), then deletes them even if revocation failed.
-    pub async fn disconnect(self: &Arc<Self>, name: &str) -> Result<Revocation, CoreError> {
-        let (profile, before) = self.load(name)?;
+    pub async fn disconnect(self: &Arc<Self>, name: &str) -> Result<Revocation, AdminError> {
+        let (profile, before) = self.engine.load(name)?;
         self.stop_device_poll(name);
         let revocation = self.revoke(&profile, &before).await;
         let mut record =
@@ -376,40 +353,35 @@ impl Core {
         if let Revocation::Failed(detail) = &revocation {
             record.last_error = format!("disconnected; revocation at the provider failed: {detail}");
         }
-        let write = ConnectionWrite {
-            name: name.to_owned(),
-            expected_version: before.version,
-            record,
-            put_consent: None,
-            remove_consent: non_empty(&before.pending_consent),
-        };
-        self.write(&before, write, Kind::Updated)?;
-        self.flush().await?;
+        let write =
+            ConnectionWrite::replacing(name, &before, record).removing_consent(non_empty(&before.pending_consent));
+        self.engine.write(&before, write, Kind::Updated)?;
+        self.engine.flush().await?;
         tracing::info!(profile = name, revocation = ?revocation, "disconnected");
         Ok(revocation)
     }
 
-    async fn revoke(&self, profile: &crate::store::ProfileRecord, c: &ConnectionRecord) -> Revocation {
+    async fn revoke(&self, profile: &ProfileRecord, c: &ConnectionRecord) -> Revocation {
         let name = profile.name.as_str();
         let (sealed, purpose, hint) = if !c.refresh_token_sealed.is_empty() {
             (&c.refresh_token_sealed, Purpose::RefreshToken, "refresh_token")
-        } else if !c.access_token_sealed.is_empty() && c.expires_at_ms > self.clock.now_ms() {
+        } else if !c.access_token_sealed.is_empty() && c.expires_at_ms > self.engine.clock().now_ms() {
             (&c.access_token_sealed, Purpose::AccessToken, "access_token")
         } else {
             return Revocation::NothingToRevoke;
         };
-        let settings = match self.settings_of(profile) {
+        let settings = match self.engine.provider_settings(profile) {
             Ok(s) => s,
             Err(e) => return Revocation::Failed(e.to_string()),
         };
         if settings.revocation_endpoint.is_none() {
             return Revocation::NotSupported;
         }
-        let token = match self.keys.open_secret(purpose, name, sealed) {
+        let token = match self.engine.keys().open_secret(purpose, name, sealed) {
             Ok(t) => t,
             Err(e) => return Revocation::Failed(format!("stored token does not open: {e}")),
         };
-        match self.provider.revoke(&settings, &token, hint).await {
+        match self.engine.provider().revoke(&settings, &token, hint).await {
             Ok(()) => Revocation::Revoked,
             Err(e) => Revocation::Failed(e.to_string()),
         }
@@ -434,13 +406,9 @@ fn pending_consent_write(
         record.last_error.clear();
     }
     record.pending_consent = key.clone();
-    ConnectionWrite {
-        name: name.to_owned(),
-        expected_version: before.version,
-        record,
-        put_consent: Some((key, consent)),
-        remove_consent: non_empty(&before.pending_consent),
-    }
+    ConnectionWrite::replacing(name, before, record)
+        .putting_consent(key, consent)
+        .removing_consent(non_empty(&before.pending_consent))
 }
 
 fn non_empty(key: &[u8]) -> Option<Vec<u8>> {

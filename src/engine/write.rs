@@ -1,0 +1,171 @@
+//! The write step every path ends in: a version-guarded write of the connection, made durable
+//! when it carries a rotated refresh token, and only then published to the token cache, the
+//! scheduler and watchers ("durability before publish"). Refreshes, consents, disconnects and
+//! key rotation all write through here.
+
+use super::{Engine, EngineError, status_of};
+use crate::api::pb;
+use crate::api::pb::profile_event::Kind;
+use crate::crypto::Purpose;
+use crate::provider::TokenSet;
+use crate::store::{ConnectionRecord, ConnectionWrite, ProfileRecord, StoreError};
+
+/// How often a token write retries onto a newer version before giving up.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// What goes with storing a token set besides the tokens: the consent it finishes (deleted in
+/// the same transaction) and whether it is a new connection (a consent or client credentials)
+/// rather than a refresh.
+#[derive(Debug, Default)]
+pub struct TokenWriteExtras {
+    /// The consent to delete with this write.
+    pub remove_consent: Option<Vec<u8>>,
+    /// A new connection: sets the connected time and account, clears the pending consent.
+    pub connected: bool,
+}
+
+impl Engine {
+    /// Writes a connection (version-guarded), then shows it (see [`Engine::after_write`]).
+    /// Not flushed: callers that need durability call [`Engine::flush`] before they answer.
+    pub fn write(
+        &self,
+        before: &ConnectionRecord,
+        write: ConnectionWrite,
+        kind: Kind,
+    ) -> Result<ConnectionRecord, EngineError> {
+        let name = write.name.clone();
+        let stored = self.store.write_connection(write)?;
+        self.after_write(&name, before, &stored, kind);
+        Ok(stored)
+    }
+
+    /// Shows a stored connection to the cache, the scheduler and watchers.
+    pub(super) fn after_write(&self, name: &str, before: &ConnectionRecord, stored: &ConnectionRecord, kind: Kind) {
+        self.cache.set(name, self.slot_state(name, stored));
+        if stored.next_refresh_at_ms > 0
+            && (before.next_refresh_at_ms == 0 || stored.next_refresh_at_ms < before.next_refresh_at_ms)
+        {
+            self.wake.notify_one();
+        }
+        self.publish(name, kind, status_of(before), status_of(stored));
+    }
+
+    /// Makes every write so far durable, off the async runtime; concurrent writers share one
+    /// flush (group commit).
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        self.flushes.flush().await.map_err(EngineError::Storage)
+    }
+
+    /// Stores a fresh token set over `before` (retrying onto newer versions that kept the same
+    /// refresh token), durably when it carries a new refresh token, and only then shows the new
+    /// access token to callers.
+    pub async fn store_tokens(
+        &self,
+        profile: &ProfileRecord,
+        mut before: ConnectionRecord,
+        tokens: TokenSet,
+        extras: TokenWriteExtras,
+        kind: Kind,
+    ) -> Result<ConnectionRecord, EngineError> {
+        let name = profile.name.as_str();
+        let rotated = tokens.refresh_token.is_some();
+        for _ in 0..WRITE_ATTEMPTS {
+            let record = self.token_record(profile, &before, &tokens, extras.connected);
+            let write =
+                ConnectionWrite::replacing(name, &before, record).removing_consent(extras.remove_consent.clone());
+            match self.store.write_connection(write) {
+                Ok(stored) => {
+                    if rotated {
+                        self.flush().await?;
+                    }
+                    self.after_write(name, &before, &stored, kind);
+                    self.warn_refresh_token_expiry(profile, &stored);
+                    return Ok(stored);
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    let current = self.store.connection(name)?.unwrap_or_default();
+                    // Another writer rotated or disconnected meanwhile: its state wins.
+                    if current.refresh_token_sealed != before.refresh_token_sealed
+                        || current.access_token_sealed.is_empty() != before.access_token_sealed.is_empty()
+                    {
+                        return Err(EngineError::Aborted(name.to_owned()));
+                    }
+                    before = current;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::Aborted(name.to_owned()))
+    }
+
+    /// The connection record for a fresh token set.
+    fn token_record(
+        &self,
+        profile: &ProfileRecord,
+        before: &ConnectionRecord,
+        tokens: &TokenSet,
+        connected: bool,
+    ) -> ConnectionRecord {
+        let name = profile.name.as_str();
+        let now = self.clock.now_ms();
+        let policy = self.settings.refresh.for_profile(profile);
+        if tokens.raw_expires_in.is_some_and(|s| s <= 0 || s as u64 > crate::provider::MAX_LIFETIME.as_secs()) {
+            tracing::warn!(
+                profile = name,
+                expires_in = tokens.raw_expires_in,
+                "provider sent an unusable expires_in; clamped"
+            );
+        }
+        let lifetime = tokens.expires_in.unwrap_or(policy.default_lifetime);
+        let expires_at = now + lifetime.as_millis() as i64;
+        let mut record = before.clone();
+        record.status = pb::Status::Connected as i32;
+        record.access_token_sealed = self.keys.seal_secret(Purpose::AccessToken, name, &tokens.access_token);
+        // A reply without a refresh token keeps the stored one (RFC 6749 §6).
+        if let Some(refresh) = &tokens.refresh_token {
+            record.refresh_token_sealed = self.keys.seal_secret(Purpose::RefreshToken, name, refresh);
+        }
+        record.refresh_token_expires_at_ms = if record.refresh_token_sealed.is_empty() {
+            0
+        } else {
+            let rotated = tokens.refresh_token.is_some();
+            policy.refresh_token_expiry(
+                now,
+                rotated,
+                tokens.refresh_token_expires_in,
+                before.refresh_token_expires_at_ms,
+            )
+        };
+        record.token_type = tokens.token_type.clone();
+        if let Some(scopes) = &tokens.scopes {
+            record.scopes = scopes.clone();
+        } else if connected {
+            record.scopes = profile.scopes.clone();
+        }
+        record.expires_at_ms = expires_at;
+        record.last_refreshed_at_ms = now;
+        record.next_refresh_at_ms =
+            policy.next_refresh_at(now, expires_at, record.refresh_token_expires_at_ms, self.jitter.fraction());
+        record.last_error.clear();
+        record.consecutive_failures = 0;
+        record.token_version += 1;
+        if connected {
+            record.connected_at_ms = now;
+            record.pending_consent.clear();
+            record.connected_account = tokens.account.clone().unwrap_or_default();
+        }
+        if !tokens.metadata.is_empty() {
+            record.token_metadata = tokens.metadata.clone();
+        }
+        record
+    }
+
+    /// Logs a warning when the refresh token is expected to die soon with nothing planned to
+    /// renew it (see [`super::RefreshPolicy::refresh_token_warning`]); `GetProfile` shows it too.
+    pub(super) fn warn_refresh_token_expiry(&self, profile: &ProfileRecord, stored: &ConnectionRecord) {
+        let policy = self.settings.refresh.for_profile(profile);
+        if let Some(warning) = policy.refresh_token_warning(stored, self.clock.now_ms()) {
+            tracing::warn!(profile = %profile.name, expires_at_ms = stored.refresh_token_expires_at_ms, "{warning}");
+        }
+    }
+}

@@ -1,11 +1,15 @@
-//! Storage behind a narrow trait. sled is the embedded default ([`SledStore`]); a multi-replica
-//! deployment can put a shared store behind the same trait later.
+//! Storage behind a narrow trait, the seam for a second backend: the engine and administration
+//! reach storage only through [`Store`] (no sled type leaves this module), and every backend
+//! runs the same contract test suite (`contract.rs`). sled is the embedded default
+//! ([`SledStore`]); [`backup`] is the backend-neutral backup format.
 //!
 //! The store keeps sealed bytes only: sealing and opening happen above it ([`crate::crypto`]).
 //! Every connection write is a compare-and-swap on the record's `version`, and the refresh index
 //! (big-endian refresh time, then name) changes in the same transaction as the connection.
 
 pub mod backup;
+#[cfg(test)]
+pub(crate) mod contract;
 mod records;
 mod sled_store;
 
@@ -177,9 +181,6 @@ pub trait Store: Send + Sync + 'static {
     /// Loads a backup into an empty store (refused if it holds any profile), in one batch per
     /// tree, then flushes.
     fn restore(&self, entries: &[DumpEntry]) -> Result<(), StoreError>;
-    /// Offers every record of `tree` to `rewrite`; where it returns new bytes, replaces the record
-    /// only if it still holds the bytes offered (compare-and-swap), so a concurrent writer always
-    /// wins and nothing it wrote is lost. Used to re-seal secrets under a new key.
     /// Calls `visit` with every entry of every tree (tree name, key, value), in tree order, until
     /// it returns `false`; for backups of a running daemon, which must not hold the whole store
     /// in memory. Each entry is read atomically; entries of different trees may be from
@@ -188,6 +189,9 @@ pub trait Store: Send + Sync + 'static {
     /// Calls `visit` with the name of every stored connection, in name order, until it returns
     /// `false` (the cache warm-up streams names instead of holding every record at once).
     fn for_each_connection_name(&self, visit: &mut dyn FnMut(&str) -> bool) -> Result<(), StoreError>;
+    /// Offers every record of `tree` to `rewrite`; where it returns new bytes, replaces the record
+    /// only if it still holds the bytes offered (compare-and-swap), so a concurrent writer always
+    /// wins and nothing it wrote is lost. Used to re-seal secrets under a new key.
     fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError>;
 }
 

@@ -92,21 +92,22 @@ pub(crate) fn index_follows_the_connection(store: &dyn Store) {
     assert!(store.earliest_due().unwrap().is_none(), "unscheduled");
 }
 
-/// Removing a profile removes its connection, its index entry and its pending consent; removing
-/// it again changes nothing.
+/// Removing a profile removes its connection, its index entry and the consent its connection
+/// names as pending; removing it again is `NotFound`.
 pub(crate) fn removal_takes_everything(store: &dyn Store) {
     insert(store, "a");
     insert(store, "b");
     let consent = ConsentRecord { profile: "a".into(), ..Default::default() };
-    store.write_connection(write("a", 0, 500).putting_consent(b"key-a".to_vec(), consent)).unwrap();
+    let mut pending = write("a", 0, 500).putting_consent(b"key-a".to_vec(), consent);
+    pending.record.pending_consent = b"key-a".to_vec();
+    store.write_connection(pending).unwrap();
     store.remove_profile("a").unwrap();
     assert!(store.profile("a").unwrap().is_none());
     assert!(store.connection("a").unwrap().is_none());
     assert!(store.earliest_due().unwrap().is_none());
     assert!(store.consent(b"key-a").unwrap().is_none());
     assert!(store.profile("b").unwrap().is_some(), "others stay");
-    store.remove_profile("a").unwrap();
-    assert!(store.profile("b").unwrap().is_some(), "removing again is harmless");
+    assert!(matches!(store.remove_profile("a"), Err(StoreError::NotFound(_))));
 }
 
 /// A write after the profile was removed is refused whichever path it takes (with or without a

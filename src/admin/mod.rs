@@ -6,6 +6,9 @@
 //! service and the landing page turn them into their replies.
 
 mod connect;
+mod consent;
+mod device;
+mod disconnect;
 mod error;
 mod profiles;
 mod rekey;
@@ -16,7 +19,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-pub use connect::{ConnectStart, DeviceInstructions, Revocation};
+pub use connect::{ConnectStart, DeviceInstructions};
+pub use disconnect::Revocation;
 pub use error::AdminError;
 pub use profiles::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ManagedChange, ProfileView};
 pub use rekey::{KeyReloadError, KeyUsage, ResealReport};

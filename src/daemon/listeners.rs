@@ -1,15 +1,19 @@
-//! The gRPC listeners: TCP (plain on loopback, or TLS with our reloadable acceptor) and an
-//! optional Unix-domain socket, all serving the same routes under one shutdown token.
+//! The listeners: gRPC on TCP (plain on loopback, or TLS with our reloadable acceptor) and on an
+//! optional Unix-domain socket, all serving the same routes, and HTTP; all under one shutdown
+//! token. Every TCP connection is accepted through [`tcp_incoming`] (gRPC) or [`http_incoming`]
+//! (HTTP), the one place that sets its socket options.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use super::StartError;
 use crate::grpc::tls::{self, SharedTlsConfig};
@@ -28,6 +32,16 @@ fn server() -> Server {
         .trace_fn(|request| tracing::debug_span!("rpc", method = %request.uri().path()))
 }
 
+/// The connections accepted on the gRPC TCP listener, plain; TLS is layered on top of them.
+pub(crate) fn tcp_incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+}
+
+/// The HTTP listener, as axum accepts from it.
+pub(crate) fn http_incoming(listener: TcpListener) -> impl axum::serve::Listener<Io = TcpStream, Addr = SocketAddr> {
+    listener
+}
+
 /// Serves `routes` on the TCP listener, through TLS when `tls` is set.
 pub fn serve_tcp(
     routes: Routes,
@@ -37,15 +51,27 @@ pub fn serve_tcp(
 ) -> ServeTask {
     let signal = shutdown.clone();
     let stop = async move { signal.cancelled().await };
+    let incoming = tcp_incoming(listener);
     match tls {
         Some(tls) => {
-            let incoming = tls::incoming(listener, tls, shutdown);
+            let incoming = tls::incoming(incoming, tls, shutdown);
             tokio::spawn(server().add_routes(routes).serve_with_incoming_shutdown(incoming, stop))
         }
-        None => tokio::spawn(
-            server().add_routes(routes).serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
-        ),
+        None => tokio::spawn(server().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)),
     }
+}
+
+/// Serves the HTTP `router` (callback, health, metrics) on `listener` until `shutdown` fires,
+/// then lets open requests finish.
+pub fn serve_http(
+    router: axum::Router,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    let incoming = http_incoming(listener);
+    tokio::spawn(async move {
+        axum::serve(incoming, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    })
 }
 
 /// Binds the Unix socket (replacing a stale socket file) with the configured mode.

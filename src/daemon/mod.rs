@@ -197,12 +197,7 @@ impl Daemon {
             config.metrics.max_profile_series,
         ));
         let http_state = crate::http::HttpState { core: Arc::clone(&core), ready: Arc::clone(&ready), metrics };
-        let http_shutdown = shutdown.clone();
-        let http_task = tokio::spawn(async move {
-            axum::serve(http_listener, crate::http::router(http_state))
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                .await
-        });
+        let http_task = listeners::serve_http(crate::http::router(http_state), http_listener, shutdown.clone());
         ready.store(true, Ordering::Relaxed);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "tokend serving");
         systemd::ready(&format!("serving; gRPC {grpc_addr}, HTTP {http_addr}"));

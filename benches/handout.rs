@@ -3,9 +3,11 @@
 //! - Server A: the real daemon in-process (`Daemon::start`, temp data directory, an admin and a
 //!   consumer caller), one profile connected through the fake provider, so `GetAccessToken`
 //!   with a one-hour token is answered from the token cache.
-//! - Server B: a bare tonic server implementing the same `tokend.v1.Tokens` service, answering
-//!   the same `AccessToken` message (A's own reply) from an in-memory `HashMap`, with no
-//!   authentication (the client sends the same bearer header to both).
+//! - Server B: a minimal tonic server with tonic's defaults, implementing the same
+//!   `tokend.v1.Tokens` service, answering the same `AccessToken` message (A's own reply) from
+//!   an in-memory `HashMap`, with no authentication (the client sends the same bearer header to
+//!   both). It accepts as `Server::serve(addr)` does (`TCP_NODELAY` on, TCP keepalive off), so a
+//!   server that forgets a socket option shows against it (issue #18).
 //!
 //! The binary re-executes itself in three roles: the orchestrator (default) starts A and B
 //! pinned to CPU 0 (`taskset -c 0`), then runs load rounds A, B, A, B… from a load process
@@ -19,7 +21,14 @@
 //! `--big-token` (a 1 KiB access token: A's profile uses client credentials against the fast
 //! provider of `support/fast_provider.rs`, instead of the fake provider's 32-byte token),
 //! `--h2load` (also run h2load rounds, when `h2load` is installed), `--h2load-requests N`
-//! (300000), `--no-closed` (skip the closed-loop series), `--no-pin` (do not use taskset).
+//! (300000), `--no-closed` (skip the closed-loop series), `--no-pin` (do not use taskset),
+//! `--latency` (sequential calls on one connection, one call in flight, as h2load `-c 1 -m 1`:
+//! `--latency-runs R` runs (5) of `--latency-calls N` calls (20000) per server, over TCP and
+//! then over TLS with a fresh self-signed certificate for both servers; `--no-tls` skips TLS;
+//! prints p50 / p99 / p99.9 / max side by side and the calls above 5 ms).
+//!
+//! The load average is printed at the start; at 0.5 or more (1-minute) every summary line is
+//! marked unreliable: the figures would measure the neighbours as much as the servers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/support/fake_provider.rs"]
@@ -29,28 +38,69 @@ mod support;
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, ChildStdout, Command};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prost::Message as _;
 use tokend::api::pb;
+use tokend::api::pb::connected_apps_client::ConnectedAppsClient;
+use tokend::api::pb::tokens_client::TokensClient;
 use tokend::api::pb::tokens_server::{Tokens, TokensServer};
 use tokend::daemon::{Daemon, StartOptions};
 use tokio::time::Instant;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
-use support::{ADMIN, Args, CONSUMER, TokensApi};
+use support::{ADMIN, AppsApi, Args, CONSUMER, TokensApi};
 
 /// The profile every call asks for.
 const PROFILE: &str = "mail-bench";
 
+/// In TLS runs, the servers' certificate (PEM, for `localhost`) and its key, in the directory
+/// given with `--tls-dir`.
+const TLS_CERT: &str = "cert.pem";
+const TLS_KEY: &str = "key.pem";
+
+/// A sequential call slower than this is the stall of issue #18 (Nagle's algorithm against a
+/// delayed ACK costs about 40 ms; a hand-out takes tens of microseconds).
+const SLOW_CALL_US: u32 = 5_000;
+
+/// Sequential calls made before measuring: the connection, HPACK tables and allocator settle.
+const SEQUENTIAL_WARMUP_CALLS: usize = 200;
+
+/// The 1-minute load average from which the figures are marked unreliable.
+const QUIET_LOAD: f64 = 0.5;
+
+/// Appended to every summary line: empty on a quiet machine, a warning otherwise.
+static RELIABILITY: OnceLock<String> = OnceLock::new();
+
+fn reliability() -> &'static str {
+    RELIABILITY.get().map(String::as_str).unwrap_or("")
+}
+
 fn main() {
-    let args =
-        Args::from_env_or_smoke(&["--rounds", "1", "--seconds", "0.3", "--warmup", "0.1", "--rate", "200", "--no-pin"]);
+    let args = Args::from_env_or_smoke(&[
+        "--rounds",
+        "1",
+        "--seconds",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--rate",
+        "200",
+        "--no-pin",
+        "--latency",
+        "--latency-runs",
+        "1",
+        "--latency-calls",
+        "200",
+    ]);
     match args.value("--serve") {
-        Some("a") => serve_a(args.has("--big-token")),
+        Some("a") => serve_a(&args),
         Some("b") => serve_b(&args),
         Some(other) => panic!("--serve {other}: expected a or b"),
         None if args.has("--load") => load(&args),
@@ -62,17 +112,24 @@ fn main() {
 // Servers
 
 /// Server A: the daemon, one connected profile; prints `READY <addr> <reply hex>`. With
-/// `big_token`, the profile uses client credentials against the fast provider (a 1 KiB access
-/// token); otherwise the authorization-code flow against the fake provider (32 bytes).
-fn serve_a(big_token: bool) {
+/// `--big-token`, the profile uses client credentials against the fast provider (a 1 KiB access
+/// token); otherwise the authorization-code flow against the fake provider (32 bytes). With
+/// `--tls-dir`, gRPC is served through tokend's TLS acceptor with the certificate there.
+fn serve_a(args: &Args) {
+    let big_token = args.has("--big-token");
+    let tls_dir = args.value("--tls-dir").map(PathBuf::from);
     support::runtime().block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let provider = fake_provider::FakeProvider::start().await;
         let fast = support::fast_provider::FastProvider::start(0).await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let daemon =
-            Daemon::start(support::bench_config(dir.path()), StartOptions::default()).await.expect("daemon starts");
-        let mut apps = support::apps_client(daemon.grpc_addr, ADMIN).await;
+        let mut config = support::bench_config(dir.path());
+        if let Some(tls) = &tls_dir {
+            config.grpc.tls.cert_file = tls.join(TLS_CERT);
+            config.grpc.tls.key_file = tls.join(TLS_KEY);
+        }
+        let daemon = Daemon::start(config, StartOptions::default()).await.expect("daemon starts");
+        let mut apps = apps_client(daemon.grpc_addr, tls_dir.as_deref()).await;
         if big_token {
             connect_client_credentials(&mut apps, &fast.token_endpoint()).await;
         } else {
@@ -83,7 +140,7 @@ fn serve_a(big_token: bool) {
             };
             support::create_and_connect(&mut apps, PROFILE, &endpoints).await;
         }
-        let mut tokens = support::tokens_client(daemon.grpc_addr, CONSUMER).await;
+        let mut tokens = tokens_client(daemon.grpc_addr, tls_dir.as_deref()).await;
         let reply = tokens.get_access_token(support::get_token(PROFILE, None)).await.expect("GetAccessToken");
         println!("READY {} {}", daemon.grpc_addr, to_hex(&reply.into_inner().encode_to_vec()));
         stdin_closed().await;
@@ -94,7 +151,7 @@ fn serve_a(big_token: bool) {
 
 /// Creates the profile with the client-credentials grant against `token_endpoint`; Connect
 /// fetches its token at once.
-async fn connect_client_credentials(apps: &mut support::AppsApi, token_endpoint: &str) {
+async fn connect_client_credentials(apps: &mut AppsApi, token_endpoint: &str) {
     let profile = pb::Profile {
         name: PROFILE.into(),
         provider: "custom".into(),
@@ -134,21 +191,66 @@ impl Tokens for BareTokens {
     }
 }
 
-/// Server B: the bare service answering `--token-hex` (an encoded `AccessToken`); prints
-/// `READY <addr>`.
+/// Server B: the bare service answering `--token-hex` (an encoded `AccessToken`), with tonic's
+/// own TLS when `--tls-dir` is given; prints `READY <addr>`.
 fn serve_b(args: &Args) {
     let reply = pb::AccessToken::decode(from_hex(args.value("--token-hex").expect("--token-hex")).as_slice())
         .expect("--token-hex: an encoded AccessToken");
     let tokens = Arc::new(HashMap::from([(reply.name.clone(), reply)]));
+    let tls = args.value("--tls-dir").map(|dir| {
+        let read = |file| std::fs::read(Path::new(dir).join(file)).expect("read the benchmark TLS identity");
+        ServerTlsConfig::new().identity(Identity::from_pem(read(TLS_CERT), read(TLS_KEY)))
+    });
     support::runtime().block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
-        let server = tonic::transport::Server::builder()
+        // Bound as tonic's `Server::serve(addr)` binds (its `bind_incoming`, with the builder's
+        // defaults: TCP_NODELAY on, TCP keepalive off); `serve(addr)` itself cannot report the
+        // port it got for port 0.
+        let incoming = TcpIncoming::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind").with_nodelay(Some(true));
+        let addr = incoming.local_addr().expect("local address");
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).expect("server TLS configuration");
+        }
+        let server = builder
             .add_service(TokensServer::new(BareTokens { tokens }))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stdin_closed());
+            .serve_with_incoming_shutdown(incoming, stdin_closed());
         println!("READY {addr}");
         server.await.expect("bare server");
     });
+}
+
+/// One HTTP/2 connection to `addr`: plain, or TLS trusting the benchmark's certificate in
+/// `tls_dir`.
+async fn channel(addr: SocketAddr, tls_dir: Option<&Path>) -> Channel {
+    let Some(dir) = tls_dir else { return support::channel(addr).await };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = std::fs::read(dir.join(TLS_CERT)).expect("read the benchmark certificate");
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+    Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint URI")
+        .tls_config(tls)
+        .expect("client TLS configuration")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr} (TLS): {e}"))
+}
+
+/// A `Tokens` client of the consumer caller on its own connection.
+async fn tokens_client(addr: SocketAddr, tls_dir: Option<&Path>) -> TokensApi {
+    TokensClient::with_interceptor(channel(addr, tls_dir).await, support::Bearer::new(CONSUMER))
+        .max_decoding_message_size(4 * 1024 * 1024)
+}
+
+/// A `ConnectedApps` client of the admin caller on its own connection.
+async fn apps_client(addr: SocketAddr, tls_dir: Option<&Path>) -> AppsApi {
+    ConnectedAppsClient::with_interceptor(channel(addr, tls_dir).await, support::Bearer::new(ADMIN))
+}
+
+/// Writes a fresh self-signed certificate for `localhost` and its key into `dir`.
+fn write_tls_identity(dir: &Path) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    std::fs::write(dir.join(TLS_CERT), certified.cert.pem()).expect("write the certificate");
+    std::fs::write(dir.join(TLS_KEY), certified.signing_key.serialize_pem()).expect("write the key");
 }
 
 /// Resolves when this process's stdin reaches end of file (the orchestrator closed it or died).
@@ -223,12 +325,18 @@ async fn call(client: &mut TokensApi) -> Result<(), Status> {
     client.get_access_token(support::get_token(PROFILE, None)).await.map(drop)
 }
 
-/// The load role: `--target ADDR`, closed loop (`--connections` × `--concurrency`) or open loop
-/// (`--rate`). Prints `MEASURE_START`, `MEASURE_END`, then
-/// `RESULT calls errors p50 p99 p999 max completed` (latencies in µs; `completed` counts every
-/// call answered, in the window or not).
+/// The load role: `--target ADDR` (through TLS with `--tls-dir`), closed loop (`--connections` ×
+/// `--concurrency`), open loop (`--rate`) or sequential (`--sequential N`). Prints
+/// `MEASURE_START`, `MEASURE_END` (not for sequential calls), then
+/// `RESULT calls errors p50 p99 p999 max completed slow` (latencies in µs; `completed` counts
+/// every call answered, in the window or not; `slow` the calls above 5 ms).
 fn load(args: &Args) {
     let target: SocketAddr = args.value("--target").expect("--target").parse().expect("--target address");
+    let tls_dir = args.value("--tls-dir").map(PathBuf::from);
+    if let Some(calls) = args.value("--sequential") {
+        let calls = calls.parse().expect("--sequential: a number of calls");
+        return support::runtime().block_on(sequential_load(target, tls_dir.as_deref(), calls));
+    }
     let connections: usize = args.parsed("--connections", 4);
     let concurrency: usize = args.parsed("--concurrency", 64);
     let rate: f64 = args.parsed("--rate", 0.0);
@@ -237,7 +345,7 @@ fn load(args: &Args) {
     support::runtime().block_on(async move {
         let mut clients = Vec::new();
         for _ in 0..connections {
-            clients.push(support::tokens_client(target, CONSUMER).await);
+            clients.push(tokens_client(target, tls_dir.as_deref()).await);
         }
         let start = Instant::now();
         let window = Window { start, from: start + warmup, to: start + warmup + seconds };
@@ -247,21 +355,46 @@ fn load(args: &Args) {
             tokio::time::sleep_until(window.to).await;
             println!("MEASURE_END");
         });
-        let mut samples = if rate > 0.0 {
+        let samples = if rate > 0.0 {
             open_loop(&clients, rate, window).await
         } else {
             closed_loop(&clients, concurrency, window).await
         };
         markers.await.expect("marker task");
-        if let Some(error) = &samples.first_error {
-            eprintln!("load: {} failed calls; first: {error}", samples.errors);
-        }
-        samples.latencies.sort_unstable();
-        let l = &samples.latencies;
-        let p = |q| support::percentile(l, q);
-        let (calls, errors, completed) = (l.len(), samples.errors, samples.completed);
-        println!("RESULT {calls} {errors} {} {} {} {} {completed}", p(50.0), p(99.0), p(99.9), p(100.0));
+        print_result(samples);
     });
+}
+
+/// `calls` calls one after the other on one connection, each sent when the previous reply has
+/// arrived (h2load `-c 1 -m 1`): the pattern of a worker fetching its token before each job,
+/// and the one where a missing `TCP_NODELAY` shows (issue #18). No window markers: the
+/// orchestrator reading `/proc` mid-run would add noise to the tail this measures.
+async fn sequential_load(target: SocketAddr, tls_dir: Option<&Path>, calls: usize) {
+    let mut client = tokens_client(target, tls_dir).await;
+    for _ in 0..SEQUENTIAL_WARMUP_CALLS {
+        let _ = call(&mut client).await;
+    }
+    let mut samples = Samples { latencies: Vec::with_capacity(calls), ..Samples::default() };
+    for _ in 0..calls {
+        let begun = Instant::now();
+        let result = call(&mut client).await;
+        samples.completed += 1;
+        samples.record(result, begun.elapsed().as_micros());
+    }
+    print_result(samples);
+}
+
+/// Prints the `RESULT` line of a load run (see [`load`]).
+fn print_result(mut samples: Samples) {
+    if let Some(error) = &samples.first_error {
+        eprintln!("load: {} failed calls; first: {error}", samples.errors);
+    }
+    samples.latencies.sort_unstable();
+    let l = &samples.latencies;
+    let p = |q| support::percentile(l, q);
+    let (calls, errors, completed) = (l.len(), samples.errors, samples.completed);
+    let slow = l.iter().filter(|&&micros| micros > SLOW_CALL_US).count();
+    println!("RESULT {calls} {errors} {} {} {} {} {completed} {slow}", p(50.0), p(99.0), p(99.9), p(100.0));
 }
 
 /// `concurrency` callers per connection, each calling back to back until the window ends.
@@ -377,6 +510,8 @@ struct Round {
     p99: u32,
     p999: u32,
     max: u32,
+    /// Calls above `SLOW_CALL_US`.
+    slow: u64,
     server_cpu_us: u64,
     client_cpu_us: u64,
 }
@@ -443,6 +578,7 @@ fn run_round(server: &Server, pin: bool, load_args: &[String], seconds: f64) -> 
         p99: r[3] as u32,
         p999: r[4] as u32,
         max: r[5] as u32,
+        slow: r[7],
         server_cpu_us: server_cpu.1 - server_cpu.0,
         client_cpu_us: client_cpu.1 - client_cpu.0,
     }
@@ -488,26 +624,29 @@ fn summarize(title: &str, all: &[Vec<Round>; 2]) {
     let ms = |i: usize, f: fn(&Round) -> f64| med(i, f) / 1000.0;
     println!(
         "SUMMARY {title}: A {rps_a:.0} req/s, B {rps_b:.0} req/s; server CPU A {cpu_a:.2} µs/call, B {cpu_b:.2} µs/call; \
-         p50 A {:.3} ms B {:.3} ms; p99 A {:.3} ms B {:.3} ms; p99.9 A {:.3} ms B {:.3} ms",
+         p50 A {:.3} ms B {:.3} ms; p99 A {:.3} ms B {:.3} ms; p99.9 A {:.3} ms B {:.3} ms{}",
         ms(0, |r| f64::from(r.p50)),
         ms(1, |r| f64::from(r.p50)),
         ms(0, |r| f64::from(r.p99)),
         ms(1, |r| f64::from(r.p99)),
         ms(0, |r| f64::from(r.p999)),
         ms(1, |r| f64::from(r.p999)),
+        reliability(),
     );
     println!(
         "SUMMARY {title}: throughput A/B {:.3} (ratio of medians), {} (median of paired rounds), target >= 0.90; \
-         server CPU per call A/B {:.3} (ratio of medians), {} (median of paired rounds), target <= 1.15",
+         server CPU per call A/B {:.3} (ratio of medians), {} (median of paired rounds), target <= 1.15{}",
         rps_a / rps_b,
         paired(Round::rps),
         cpu_a / cpu_b,
         paired(Round::cpu_per_call),
+        reliability(),
     );
 }
 
 /// The default role: starts both servers, runs the closed-loop series, the fixed-rate series
-/// (`--rate`) and the h2load series (`--h2load`), then stops the servers.
+/// (`--rate`), the h2load series (`--h2load`) and the sequential-latency series (`--latency`,
+/// over TCP, then over TLS on a second pair of servers), then stops the servers.
 fn orchestrate(args: &Args) {
     let pin = !args.has("--no-pin") && support::taskset_available();
     let connections: usize = args.parsed("--connections", 4);
@@ -516,22 +655,12 @@ fn orchestrate(args: &Args) {
     let warmup: f64 = args.parsed("--warmup", 1.0);
     let rounds: usize = args.parsed("--rounds", 3);
     let rate: f64 = args.parsed("--rate", 0.0);
-    println!("machine: {}; load average {}", support::machine_summary(), support::load_average());
+    print_machine();
     println!(
         "pinning: {}",
         if pin { "servers on CPU 0, load generator on CPU 1 (taskset)" } else { "none (--no-pin or no taskset)" }
     );
-    let mut a_args = vec!["--serve".to_owned(), "a".to_owned()];
-    if args.has("--big-token") {
-        a_args.push("--big-token".to_owned());
-    }
-    let (a, token_hex) = Server::start("A tokend", pin, &a_args);
-    let token_hex = token_hex.expect("server A prints the reply it hands out");
-    let reply = pb::AccessToken::decode(from_hex(&token_hex).as_slice()).expect("A's reply");
-    println!("reply: {} bytes encoded, access token {} bytes", token_hex.len() / 2, reply.access_token.len());
-    let (b, _) = Server::start("B bare", pin, &["--serve".into(), "b".into(), "--token-hex".into(), token_hex]);
-    println!("A (tokend) on {}, B (bare tonic) on {}", a.addr, b.addr);
-    let servers = [a, b];
+    let servers = start_servers(args, pin, None);
     let common =
         ["--connections", &connections.to_string(), "--warmup", &warmup.to_string(), "--seconds", &seconds.to_string()]
             .map(str::to_owned);
@@ -550,10 +679,135 @@ fn orchestrate(args: &Args) {
     if args.has("--h2load") {
         h2load_series(&servers, pin, connections, concurrency, args.parsed("--h2load-requests", 300_000), rounds);
     }
-    println!("\nload average at the end: {}", support::load_average());
+    let latency = Latency { calls: args.parsed("--latency-calls", 20_000), runs: args.parsed("--latency-runs", 5) };
+    if args.has("--latency") {
+        latency_series("TCP", &servers, pin, None, latency);
+    }
     let [a, b] = servers;
     a.stop();
     b.stop();
+    if args.has("--latency") && !args.has("--no-tls") {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_tls_identity(dir.path());
+        let servers = start_servers(args, pin, Some(dir.path()));
+        latency_series("TLS", &servers, pin, Some(dir.path()), latency);
+        let [a, b] = servers;
+        a.stop();
+        b.stop();
+    }
+    println!("\nload average at the end: {}", support::load_average());
+}
+
+/// Prints the machine and the load average, and marks the figures unreliable when the machine
+/// is not quiet.
+fn print_machine() {
+    let load = support::load_average();
+    println!("machine: {}; load average {load}", support::machine_summary());
+    let one_minute: f64 = load.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(f64::MAX);
+    if one_minute >= QUIET_LOAD {
+        println!(
+            "WARNING: 1-minute load average {one_minute} >= {QUIET_LOAD}: the machine is not quiet; \
+             the figures below are UNRELIABLE (they measure the neighbours too)"
+        );
+        let _ = RELIABILITY.set(format!(" [UNRELIABLE: load average {one_minute} at the start]"));
+    }
+}
+
+/// Starts server A, then server B answering A's reply; both serve through TLS with the
+/// certificate in `tls_dir` when given.
+fn start_servers(args: &Args, pin: bool, tls_dir: Option<&Path>) -> [Server; 2] {
+    let tls_args = tls_dir.map(|dir| ["--tls-dir".to_owned(), dir.display().to_string()]);
+    let mut a_args = vec!["--serve".to_owned(), "a".to_owned()];
+    if args.has("--big-token") {
+        a_args.push("--big-token".to_owned());
+    }
+    a_args.extend(tls_args.clone().into_iter().flatten());
+    let (a, token_hex) = Server::start("A tokend", pin, &a_args);
+    let token_hex = token_hex.expect("server A prints the reply it hands out");
+    let reply = pb::AccessToken::decode(from_hex(&token_hex).as_slice()).expect("A's reply");
+    println!("reply: {} bytes encoded, access token {} bytes", token_hex.len() / 2, reply.access_token.len());
+    let mut b_args = vec!["--serve".to_owned(), "b".to_owned(), "--token-hex".to_owned(), token_hex];
+    b_args.extend(tls_args.into_iter().flatten());
+    let (b, _) = Server::start("B bare", pin, &b_args);
+    let transport = if tls_dir.is_some() { "TLS" } else { "plain TCP" };
+    println!("A (tokend) on {}, B (bare tonic, tonic's defaults) on {}, {transport}", a.addr, b.addr);
+    [a, b]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequential latency
+
+/// The size of the sequential-latency series.
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    /// Calls per run.
+    calls: usize,
+    /// Runs per server.
+    runs: usize,
+}
+
+/// `latency.runs` runs of `latency.calls` sequential calls on one connection, alternating A and
+/// B; prints each run, then p50 / p99 / p99.9 (medians of the runs) and max (worst run) side by
+/// side, and whether any call took more than 5 ms.
+fn latency_series(transport: &str, servers: &[Server; 2], pin: bool, tls_dir: Option<&Path>, latency: Latency) {
+    let Latency { calls, runs } = latency;
+    println!("\n== sequential calls on one connection (c1 m1), {transport}: {runs} runs of {calls} calls per server");
+    let mut load_args = vec!["--sequential".to_owned(), calls.to_string()];
+    load_args.extend(tls_dir.map(|dir| ["--tls-dir".to_owned(), dir.display().to_string()]).into_iter().flatten());
+    let mut all: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    for n in 1..=runs {
+        for (i, server) in servers.iter().enumerate() {
+            // The window length only scales req/s and CPU shares, which this series does not report.
+            let r = run_round(server, pin, &load_args, 1.0);
+            println!(
+                "run {n} {:<9} p50 {} ms  p99 {} ms  p99.9 {} ms  max {} ms  calls over 5 ms {}  errors {}",
+                r.label,
+                support::ms(r.p50),
+                support::ms(r.p99),
+                support::ms(r.p999),
+                support::ms(r.max),
+                r.slow,
+                r.errors,
+            );
+            all[i].push(r);
+        }
+    }
+    latency_table(transport, &all);
+}
+
+/// The side-by-side table of a sequential-latency series, and its summary line.
+fn latency_table(transport: &str, all: &[Vec<Round>; 2]) {
+    let med = |i: usize, f: fn(&Round) -> u32| median(all[i].iter().map(|r| f64::from(f(r))).collect()) / 1000.0;
+    let worst = |i: usize| f64::from(all[i].iter().map(|r| r.max).max().unwrap_or(0)) / 1000.0;
+    let total = |i: usize, f: fn(&Round) -> u64| all[i].iter().map(f).sum::<u64>();
+    println!("{:<28} {:>14} {:>14}", format!("latency, {transport}"), "A tokend", "B bare tonic");
+    for (name, f) in
+        [("p50 (median of runs)", (|r| r.p50) as fn(&Round) -> u32), ("p99", |r| r.p99), ("p99.9", |r| r.p999)]
+    {
+        println!("{name:<28} {:>11.3} ms {:>11.3} ms", med(0, f), med(1, f));
+    }
+    println!("{:<28} {:>11.3} ms {:>11.3} ms", "max (worst run)", worst(0), worst(1));
+    let counted = |i: usize| format!("{} of {}", total(i, |r| r.slow), total(i, |r| r.calls));
+    println!("{:<28} {:>14} {:>14}", "calls over 5 ms", counted(0), counted(1));
+    let errors = (total(0, |r| r.errors), total(1, |r| r.errors));
+    let verdict = |i: usize| if total(i, |r| r.slow) == 0 { "none" } else { "SOME" };
+    println!(
+        "SUMMARY latency {transport} c1 m1: p50 A {:.3} ms B {:.3} ms; p99 A {:.3} ms B {:.3} ms; p99.9 A {:.3} ms B {:.3} ms; \
+         max A {:.3} ms B {:.3} ms; calls over 5 ms: A {} B {} (target: none); errors A {} B {}{}",
+        med(0, |r| r.p50),
+        med(1, |r| r.p50),
+        med(0, |r| r.p99),
+        med(1, |r| r.p99),
+        med(0, |r| r.p999),
+        med(1, |r| r.p999),
+        worst(0),
+        worst(1),
+        verdict(0),
+        verdict(1),
+        errors.0,
+        errors.1,
+        reliability(),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -627,9 +881,10 @@ fn h2load_series(servers: &[Server; 2], pin: bool, connections: usize, streams: 
     }
     println!(
         "SUMMARY h2load: throughput A/B {:.3}, server CPU per call A/B {:.3} (medians of paired rounds; \
-         targets >= 0.90 and <= 1.15)",
+         targets >= 0.90 and <= 1.15){}",
         median(ratios.0),
-        median(ratios.1)
+        median(ratios.1),
+        reliability(),
     );
 }
 

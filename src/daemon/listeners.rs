@@ -1,15 +1,19 @@
-//! The gRPC listeners: TCP (plain on loopback, or TLS with our reloadable acceptor) and an
-//! optional Unix-domain socket, all serving the same routes under one shutdown token.
+//! The listeners: gRPC on TCP (plain on loopback, or TLS with our reloadable acceptor) and on an
+//! optional Unix-domain socket, all serving the same routes, and HTTP; all under one shutdown
+//! token. Every TCP connection is accepted through [`tcp_incoming`] (gRPC) or [`http_incoming`]
+//! (HTTP), the one place that sets its socket options.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use super::StartError;
 use crate::grpc::tls::{self, SharedTlsConfig};
@@ -28,6 +32,29 @@ fn server() -> Server {
         .trace_fn(|request| tracing::debug_span!("rpc", method = %request.uri().path()))
 }
 
+/// The connections accepted on the gRPC TCP listener, plain; TLS is layered on top of them.
+/// Each has `TCP_NODELAY` set, as tonic's `Server::serve(addr)` sets it by default and
+/// `serve_with_incoming*` does not (issue #18): without it Nagle's algorithm holds back the
+/// second small write of a reply until the client's delayed ACK (about 40 ms on Linux), and a
+/// caller making one call at a time waits that long. TCP keepalive is left off, as tonic's
+/// default is: the configuration has no key for it, and HTTP/2 pings (`server()`) find dead
+/// peers.
+pub(crate) fn tcp_incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// The HTTP listener, as axum accepts from it; each connection has `TCP_NODELAY` set, for the
+/// reason given at [`tcp_incoming`] (axum 0.8 sets no socket option itself).
+pub(crate) fn http_incoming(listener: TcpListener) -> impl axum::serve::Listener<Io = TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|stream: &mut TcpStream| {
+        // A connection without the option still works, only slower: log, as tonic does.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!(error = %e, "setting TCP_NODELAY on an HTTP connection failed");
+        }
+    })
+}
+
 /// Serves `routes` on the TCP listener, through TLS when `tls` is set.
 pub fn serve_tcp(
     routes: Routes,
@@ -37,15 +64,27 @@ pub fn serve_tcp(
 ) -> ServeTask {
     let signal = shutdown.clone();
     let stop = async move { signal.cancelled().await };
+    let incoming = tcp_incoming(listener);
     match tls {
         Some(tls) => {
-            let incoming = tls::incoming(listener, tls, shutdown);
+            let incoming = tls::incoming(incoming, tls, shutdown);
             tokio::spawn(server().add_routes(routes).serve_with_incoming_shutdown(incoming, stop))
         }
-        None => tokio::spawn(
-            server().add_routes(routes).serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
-        ),
+        None => tokio::spawn(server().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)),
     }
+}
+
+/// Serves the HTTP `router` (callback, health, metrics) on `listener` until `shutdown` fires,
+/// then lets open requests finish.
+pub fn serve_http(
+    router: axum::Router,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    let incoming = http_incoming(listener);
+    tokio::spawn(async move {
+        axum::serve(incoming, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    })
 }
 
 /// Binds the Unix socket (replacing a stale socket file) with the configured mode.
@@ -75,4 +114,84 @@ pub fn serve_unix(routes: Routes, listener: UnixListener, path: PathBuf, shutdow
         let _ = std::fs::remove_file(&path);
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use axum::serve::Listener as _;
+    use futures::StreamExt as _;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+    use super::*;
+
+    /// A listener on a free loopback port, and its address.
+    async fn loopback() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        (listener, addr)
+    }
+
+    /// A server configuration for `localhost` with a fresh self-signed certificate, and a client
+    /// configuration that trusts it.
+    fn tls_pair() -> (rustls::ServerConfig, rustls::ClientConfig) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
+        let mut server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("server configuration");
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).expect("trust the certificate");
+        let client = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        (server, client)
+    }
+
+    /// Plain gRPC: the server side of an accepted connection has `TCP_NODELAY` set (issue #18:
+    /// without it, Nagle's algorithm meets the client's delayed ACK and a call waits ~40 ms).
+    #[tokio::test]
+    async fn grpc_tcp_connections_have_nodelay() {
+        let (listener, addr) = loopback().await;
+        let mut incoming = tcp_incoming(listener);
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), incoming.next());
+        let _client = client.expect("connect");
+        let server = accepted.expect("a connection").expect("accepted");
+        assert!(server.nodelay().expect("read TCP_NODELAY"), "TCP_NODELAY is off on an accepted gRPC connection");
+    }
+
+    /// gRPC over TLS: the TCP socket under an accepted TLS connection has `TCP_NODELAY` set.
+    #[tokio::test]
+    async fn grpc_tls_connections_have_nodelay() {
+        let (listener, addr) = loopback().await;
+        let (server_config, client_config) = tls_pair();
+        let shutdown = CancellationToken::new();
+        let mut incoming =
+            tls::incoming(tcp_incoming(listener), Arc::new(ArcSwap::from_pointee(server_config)), shutdown.clone());
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let client = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let name = ServerName::try_from("localhost").expect("server name");
+            connector.connect(name, tcp).await
+        };
+        let (client, accepted) = tokio::join!(client, incoming.next());
+        let _client = client.expect("TLS connect");
+        let server = accepted.expect("a connection").expect("handshake");
+        let (tcp, _) = server.get_ref();
+        assert!(tcp.nodelay().expect("read TCP_NODELAY"), "TCP_NODELAY is off on an accepted TLS connection");
+        shutdown.cancel();
+    }
+
+    /// HTTP: the server side of a connection axum accepts has `TCP_NODELAY` set.
+    #[tokio::test]
+    async fn http_connections_have_nodelay() {
+        let (listener, addr) = loopback().await;
+        let mut incoming = http_incoming(listener);
+        let (client, (server, _peer)) = tokio::join!(TcpStream::connect(addr), incoming.accept());
+        let _client = client.expect("connect");
+        assert!(server.nodelay().expect("read TCP_NODELAY"), "TCP_NODELAY is off on an accepted HTTP connection");
+    }
 }

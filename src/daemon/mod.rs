@@ -392,13 +392,7 @@ async fn serve(
     let metrics =
         Arc::new(Metrics::new(engine.metrics(), &grpc_metrics, last_sweep, config.metrics.max_profile_series));
     let http_state = crate::http::HttpState { admin: Arc::clone(admin), ready: Arc::clone(&ready), metrics };
-    let http_shutdown = shutdown.clone();
-    let http_listener = bound.http;
-    let http_task = tokio::spawn(async move {
-        axum::serve(http_listener, crate::http::router(http_state))
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
-    });
+    let http_task = listeners::serve_http(crate::http::router(http_state), bound.http, shutdown.clone());
     Ok(Serving {
         grpc_addr: bound.grpc_addr,
         http_addr: bound.http_addr,

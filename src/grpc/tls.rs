@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures::{Stream, StreamExt as _};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -63,27 +64,33 @@ pub fn load(tls: &TlsConfig) -> Result<ServerConfig, String> {
     Ok(config)
 }
 
-/// Accepts TCP connections and completes their handshakes off the accept loop (a slow client
-/// does not hold up others), yielding TLS streams for tonic to serve.
-pub fn incoming(
-    listener: TcpListener,
+/// Completes the handshakes of the TCP connections `connections` yields (the listener's accept
+/// step, which sets their socket options) off the accept loop, so a slow client does not hold
+/// up others, yielding TLS streams for tonic to serve.
+pub fn incoming<S>(
+    mut connections: S,
     tls: SharedTlsConfig,
     shutdown: CancellationToken,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>
+where
+    S: Stream<Item = std::io::Result<TcpStream>> + Send + Unpin + 'static,
+{
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (stream, peer) = tokio::select! {
+            let stream = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
+                accepted = connections.next() => match accepted {
+                    Some(Ok(stream)) => stream,
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "accepting a connection failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
+                    None => return,
                 },
             };
+            let peer = stream.peer_addr().ok();
             let acceptor = TlsAcceptor::from(tls.load_full());
             let sender = sender.clone();
             tokio::spawn(async move {
@@ -91,8 +98,8 @@ pub fn incoming(
                     Ok(Ok(stream)) => {
                         let _ = sender.send(Ok(stream)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
                 }
             });
         }

@@ -339,8 +339,5 @@ impl Engine {
 
 /// The status of a stored connection (unset reads as not connected).
 pub fn status_of(c: &ConnectionRecord) -> pb::Status {
-    match pb::Status::try_from(c.status) {
-        Ok(pb::Status::Unspecified) | Err(_) => pb::Status::NotConnected,
-        Ok(s) => s,
-    }
+    c.status()
 }

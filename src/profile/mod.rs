@@ -14,8 +14,8 @@ use secrecy::SecretString;
 use crate::api::pb;
 use crate::clock::UnixMillis;
 use crate::crypto::{KeyRing, Purpose};
-use crate::provider::{AuthMethod, ProviderSettings, fill_tenant, parse_endpoint, preset, preset_ids};
-use crate::store::{ProfileRecord, RefreshPolicyRecord};
+use crate::provider::{AuthMethod, Preset, ProviderSettings, fill_tenant, parse_endpoint, preset, preset_ids};
+use crate::store::{DiscoveredRecord, ProfileRecord, RefreshPolicyRecord};
 
 pub use discovered::{names_issuer, to_record as discovered_record, wants_discovery};
 pub use view::to_api;
@@ -168,6 +168,13 @@ pub fn validate_record(record: &ProfileRecord, allow_insecure_http: bool) -> Res
     if record.extra_authorization_params.len() > MAX_ITEMS {
         return Err(field_error("extra_authorization_params", "at most 64 entries"));
     }
+    validate_policy(record)?;
+    validate_endpoints(record, allow_insecure_http)?;
+    Ok(())
+}
+
+/// The refresh policy overrides are in range.
+fn validate_policy(record: &ProfileRecord) -> Result<(), FieldError> {
     if let Some(policy) = &record.refresh_policy {
         if policy.skew_ratio.is_some_and(|r| !(0.0..=0.5).contains(&r)) {
             return Err(field_error("refresh_policy.skew_ratio", "must be between 0 and 0.5"));
@@ -176,6 +183,12 @@ pub fn validate_record(record: &ProfileRecord, allow_insecure_http: bool) -> Res
             return Err(field_error("refresh_policy.mode", "unknown value"));
         }
     }
+    Ok(())
+}
+
+/// Every endpoint the profile sets parses (https unless allowed), and a token endpoint is known
+/// from the profile, its issuer's metadata or its preset; discovered metadata agrees.
+fn validate_endpoints(record: &ProfileRecord, allow_insecure_http: bool) -> Result<(), FieldError> {
     for (field, value) in [
         ("authorization_endpoint", &record.authorization_endpoint),
         ("token_endpoint", &record.token_endpoint),
@@ -222,6 +235,42 @@ pub fn default_lifetime(record: &ProfileRecord, daemon_default: Duration) -> Dur
     }
 }
 
+/// The profile's client secret, opened (None: the profile has none).
+fn open_client_secret(record: &ProfileRecord, keys: &KeyRing) -> Result<Option<SecretString>, FieldError> {
+    if record.client_secret_sealed.is_empty() {
+        return Ok(None);
+    }
+    keys.open_secret(Purpose::ClientSecret, &record.name, &record.client_secret_sealed)
+        .map(Some)
+        .map_err(|e| field_error("client_secret", format!("stored secret does not open: {e}")))
+}
+
+/// How the client authenticates at the token endpoint: as the profile says, else none without a
+/// secret, else what the issuer prefers, else the preset's method.
+fn auth_method(record: &ProfileRecord, has_secret: bool, found: &DiscoveredRecord, preset: &Preset) -> AuthMethod {
+    match pb::TokenEndpointAuthMethod::try_from(record.token_endpoint_auth_method) {
+        Ok(pb::TokenEndpointAuthMethod::ClientSecretBasic) => AuthMethod::ClientSecretBasic,
+        Ok(pb::TokenEndpointAuthMethod::ClientSecretPost) => AuthMethod::ClientSecretPost,
+        Ok(pb::TokenEndpointAuthMethod::None) => AuthMethod::None,
+        _ if !has_secret => AuthMethod::None,
+        _ => discovered::preferred_auth_method(&found.token_endpoint_auth_methods_supported)
+            .unwrap_or(preset.auth_method),
+    }
+}
+
+/// The scopes to ask for (the profile's, else the preset's) and the extra authorization
+/// parameters (the preset's, overridden by the profile's).
+fn scopes_and_params(record: &ProfileRecord, preset: &Preset) -> (Vec<String>, BTreeMap<String, String>) {
+    let mut scopes = record.scopes.clone();
+    if scopes.is_empty() {
+        scopes = preset.default_scopes.iter().map(|s| (*s).to_owned()).collect();
+    }
+    let mut extra: BTreeMap<String, String> =
+        preset.extra_authorization_params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    extra.extend(record.extra_authorization_params.clone());
+    (scopes, extra)
+}
+
 /// Resolves the provider settings of a profile: preset defaults under the profile's own
 /// values, the client secret opened, endpoints checked.
 pub fn resolve(
@@ -251,29 +300,9 @@ pub fn resolve(
         allow_insecure_http,
     )?
     .ok_or_else(|| field_error("token_endpoint", "required"))?;
-    let client_secret = if record.client_secret_sealed.is_empty() {
-        None
-    } else {
-        Some(
-            keys.open_secret(Purpose::ClientSecret, &record.name, &record.client_secret_sealed)
-                .map_err(|e| field_error("client_secret", format!("stored secret does not open: {e}")))?,
-        )
-    };
-    let auth_method = match pb::TokenEndpointAuthMethod::try_from(record.token_endpoint_auth_method) {
-        Ok(pb::TokenEndpointAuthMethod::ClientSecretBasic) => AuthMethod::ClientSecretBasic,
-        Ok(pb::TokenEndpointAuthMethod::ClientSecretPost) => AuthMethod::ClientSecretPost,
-        Ok(pb::TokenEndpointAuthMethod::None) => AuthMethod::None,
-        _ if client_secret.is_none() => AuthMethod::None,
-        _ => discovered::preferred_auth_method(&found.token_endpoint_auth_methods_supported)
-            .unwrap_or(preset.auth_method),
-    };
-    let mut scopes = record.scopes.clone();
-    if scopes.is_empty() {
-        scopes = preset.default_scopes.iter().map(|s| (*s).to_owned()).collect();
-    }
-    let mut extra: BTreeMap<String, String> =
-        preset.extra_authorization_params.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    extra.extend(record.extra_authorization_params.clone());
+    let client_secret = open_client_secret(record, keys)?;
+    let auth_method = auth_method(record, client_secret.is_some(), &found, preset);
+    let (scopes, extra) = scopes_and_params(record, preset);
     let redirect = if record.redirect_uri.is_empty() { default_redirect } else { &record.redirect_uri };
     Ok(ProviderSettings {
         client_id: record.client_id.clone(),

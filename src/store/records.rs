@@ -149,6 +149,18 @@ pub struct ConnectionRecord {
     pub status_before_consent: i32,
 }
 
+impl ConnectionRecord {
+    /// The connection's status; unset or unknown reads as not connected. The one place that
+    /// says what a stored status means.
+    pub fn status(&self) -> crate::api::pb::Status {
+        use crate::api::pb::Status;
+        match Status::try_from(self.status) {
+            Ok(Status::Unspecified) | Err(_) => Status::NotConnected,
+            Ok(s) => s,
+        }
+    }
+}
+
 /// A consent waiting for the provider's redirect (or the device grant's approval).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ConsentRecord {

@@ -1,26 +1,32 @@
 //! tokend keeps OAuth 2.0 tokens for "connected apps" valid and hands them out over gRPC.
 //!
-//! The map of the crate, one module per part of the design (`DESIGN.md`):
-//! - [`config`]: the typed configuration and its layered sources (defaults, file, env, flags).
-//! - [`api`]: the generated `tokend.v1` contract and redacting `Debug` for secret-carrying messages.
+//! The map of the crate, one module per part of the design; `docs/architecture.md` draws who may
+//! call whom, the two data paths (hand-out and refresh) and the invariants.
+//! - [`engine`]: the refresh engine: the token cache and the hand-out path, single-flight refresh,
+//!   the versioned write that publishes only what is durable, the scheduler and its policy (skew,
+//!   jitter, backoff), group commit, per-provider rate limits, and the engine's counters.
+//! - [`admin`]: administration on top of the engine: profiles, consents (authorization code with
+//!   PKCE, device grant, client credentials), disconnect with revocation, key rotation.
+//! - [`store`]: the narrow storage trait, its sled backend, the contract suite every backend runs,
+//!   and the backend-neutral backup format.
+//! - [`provider`]: the OAuth 2.0 protocol client (oauth2 crate over our own HTTP layer), provider
+//!   presets, lenient token-reply parsing, endpoint rules and the deny-list.
+//! - [`profile`]: profile validation, provider-settings resolution, the API view of a profile.
+//! - [`crypto`]: the key ring that seals secrets at rest (XChaCha20-Poly1305, key ids, AAD).
+//! - [`clock`]: time and jitter as parameters, so tests drive expiry without sleeping.
+//! - [`grpc`]: the gRPC services (one file each), the request layer (authentication, metrics,
+//!   failed-authentication limit), TLS, and the one table from errors to status codes.
+//! - [`http`]: the HTTP listener: OAuth callback, health, readiness, metrics.
+//! - [`metrics`]: the Prometheus registry; gauges set from an engine snapshot at scrape time.
 //! - [`audit`]: the audit trail: admin actions one by one, token hand-outs tallied and written
 //!   every few seconds.
-//! - [`client`]: what every gRPC client of tokend shares: the bearer-token interceptor.
-//! - [`clock`]: time and jitter as parameters, so tests drive expiry without sleeping.
-//! - [`crypto`]: the key ring that seals secrets at rest (XChaCha20-Poly1305, key ids, AAD).
-//! - [`telemetry`]: logging setup (text on a terminal, JSON otherwise).
-//! - [`store`]: the narrow storage trait and its sled implementation (profiles, connections,
-//!   refresh index, pending consents, metadata).
-//! - [`daemon`]: start-up (data directory, store, keys, canary, admin token) and shutdown.
+//! - [`config`]: the typed configuration and its layered sources (defaults, file, env, flags).
 //! - [`declared`]: profiles declared in the configuration file, reconciled at start and on SIGHUP.
-//! - [`grpc`]: the gRPC services, caller authentication and roles, error-to-status table.
-//! - [`http`]: the HTTP listener: OAuth callback, health, readiness, metrics.
-//! - [`metrics`]: the Prometheus registry, filled at scrape time.
-//! - [`profile`]: profile validation, API/record conversions, provider-settings resolution.
-//! - [`core`]: the daemon state and operations: profiles, consents, the token cache, the
-//!   single-flight refresh and its scheduler.
-//! - [`provider`]: the OAuth 2.0 protocol client (oauth2 crate over our own HTTP layer), provider
-//!   presets, lenient token-reply parsing, endpoint rules.
+//! - [`daemon`]: start-up in named steps (storage, TLS, listeners, engine, serving), shutdown,
+//!   reload, backup and restore of a stopped daemon's store.
+//! - [`client`]: what every gRPC client of tokend shares: the bearer-token interceptor.
+//! - [`api`]: the generated `tokend.v1` contract and redacting `Debug` for secret-carrying messages.
+//! - [`telemetry`]: logging setup (text on a terminal, JSON otherwise).
 #![forbid(unsafe_code)]
 
 pub mod admin;

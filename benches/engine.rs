@@ -27,7 +27,7 @@
 //! `--timeout-secs` (300), `--skip-single-flight`, `--skip-engine`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/fake_provider.rs"]
+#[path = "../tests/it/support/fake_provider.rs"]
 mod fake_provider;
 mod support;
 

@@ -22,7 +22,7 @@
 //! (300000), `--no-closed` (skip the closed-loop series), `--no-pin` (do not use taskset).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/fake_provider.rs"]
+#[path = "../tests/it/support/fake_provider.rs"]
 mod fake_provider;
 mod support;
 

@@ -4,11 +4,9 @@
 //! UNAUTHENTICATED everywhere. No reply carries a client secret.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::fmt;
 
-use support::*;
+use crate::support::*;
 use tokend::api::pb;
 use tonic::Code;
 

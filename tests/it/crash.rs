@@ -11,15 +11,13 @@
 // Test code: a failed step should panic with its message, like a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use support::*;
+use crate::support::*;
 use tokend::api::pb;
 
 const PROFILES: usize = 6;

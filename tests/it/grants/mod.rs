@@ -4,18 +4,13 @@
 // Test code: a failed step should panic with its message, like a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
-#[path = "grants/discovery.rs"]
 mod discovery;
-#[path = "grants/egress.rs"]
 mod egress;
-#[path = "grants/lifetimes.rs"]
 mod lifetimes;
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokend::api::pb;
 use tonic::Code;
 

@@ -5,11 +5,9 @@
 //! directory and serves the same tokens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::collections::HashMap;
 
-use support::{ADMIN, CONSUMER, FakeProvider, TestDaemon, VIEWER};
+use crate::support::{self, ADMIN, CONSUMER, FakeProvider, TestDaemon, VIEWER};
 use tokend::api::pb;
 use tonic::Code;
 

@@ -8,7 +8,7 @@
 // Test code: a failed step should panic with its message, like a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 use std::io::Write as _;

@@ -3,8 +3,7 @@
 //! capture for the rest of the process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(unused_imports)]
-mod support;
+use crate::support;
 
 #[test]
 #[should_panic(expected = "a secret (fake-rt-…) appeared in a log line")]

@@ -9,9 +9,7 @@
 // Helpers outside the #[tokio::test] fns panic on a failed step, which is a failed test here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "interop/fault_proxy.rs"]
 mod fault_proxy;
-#[path = "interop/harness.rs"]
 mod harness;
 
 use std::time::{Duration, SystemTime};

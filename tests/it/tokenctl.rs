@@ -4,15 +4,12 @@
 // Test helpers: a failed setup step should panic with its message, like a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// Shared with tests/daemon.rs, which uses the re-exports this binary does not.
-#[allow(unused_imports)]
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// `tokenctl` aimed at `addr` with `token`, the environment cleared of TOKEND_*.

@@ -1,0 +1,18 @@
+//! tokend's integration tests, one test binary with a module per area (the suite links once and
+//! the helpers in [`support`] are shared). Every test starts what it needs on its own: the
+//! daemon in-process on 127.0.0.1 port 0, or the real binaries as child processes; none depends
+//! on another's order. Run one area with a filter: `cargo test --test it daemon::`.
+
+mod binary;
+mod crash;
+mod daemon;
+mod fuzz_corpus;
+mod grants;
+mod interop;
+mod keys_backup;
+mod log_scan;
+mod request_layer;
+mod roles;
+mod security;
+mod support;
+mod tokenctl;

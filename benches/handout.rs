@@ -22,6 +22,8 @@
 //! (300000), `--no-closed` (skip the closed-loop series), `--no-pin` (do not use taskset).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The integration tests' fake provider; a benchmark uses a few of its methods.
+#[allow(dead_code)]
 #[path = "../tests/it/support/fake_provider.rs"]
 mod fake_provider;
 mod support;

@@ -1,14 +1,13 @@
 //! Integration tests: the real daemon in-process on 127.0.0.1 port 0, the generated gRPC client,
 //! and a scriptable fake provider.
-// Test code: a failed step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::*;
 use tokend::api::pb;
 use tonic::Code;
+
+use crate::support::*;
 
 fn get_token(name: &str, min_valid_secs: i64) -> pb::GetAccessTokenRequest {
     pb::GetAccessTokenRequest {

@@ -5,8 +5,6 @@
 //!
 //! A missing or empty seed or corpus directory fails the test, so it cannot pass by replaying
 //! nothing; `regressions/<target>/` exists only once a fuzzer has found something.
-// Test code: a failed step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../fuzz/checks.rs"]
 mod checks;

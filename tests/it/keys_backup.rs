@@ -3,13 +3,13 @@
 //! being served, the old key can then leave the configuration (and a reload that drops a key
 //! still in use is refused); a backup streamed from the running daemon restores into an empty
 //! directory and serves the same tokens.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 
-use crate::support::{self, ADMIN, CONSUMER, FakeProvider, TestDaemon, VIEWER};
 use tokend::api::pb;
 use tonic::Code;
+
+use crate::support::{self, ADMIN, CONSUMER, FakeProvider, TestDaemon, VIEWER};
 
 fn usage(reply: &pb::RotateKeysResponse) -> HashMap<String, u64> {
     reply.keys.iter().map(|k| (k.key_id.clone(), k.sealed_values)).collect()

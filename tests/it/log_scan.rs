@@ -1,7 +1,6 @@
 //! The suite-wide "no secret in any log line" scan (run when every in-process test daemon is
 //! dropped) catches a leak. In its own test binary, because a leak it plants stays in the log
 //! capture for the rest of the process.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::support;
 

@@ -3,6 +3,10 @@
 //! daemon in-process on 127.0.0.1 port 0, or the real binaries as child processes; none depends
 //! on another's order. Run one area with a filter: `cargo test --test it daemon::`.
 
+// Test code: a failed step panics with its message, like a failed assertion. clippy.toml allows
+// unwrap and expect in #[test] fns; this covers the helpers they call.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod binary;
 mod crash;
 mod daemon;

@@ -1,13 +1,12 @@
 //! The gRPC request layer, end to end: request counts by method and code on `/metrics`, and
 //! peers refused after repeated failed authentication.
-// Test code: a failed step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use crate::support::*;
 use tokend::api::pb;
 use tonic::Code;
+
+use crate::support::*;
 
 fn get_token(name: &str) -> pb::GetAccessTokenRequest {
     pb::GetAccessTokenRequest { name: name.into(), min_valid_for: None }

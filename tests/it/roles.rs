@@ -2,13 +2,13 @@
 //! Admins may do everything; viewers read the table but never get tokens; consumers get tokens
 //! of the profiles their patterns allow and nothing else; a missing or wrong token gets
 //! UNAUTHENTICATED everywhere. No reply carries a client secret.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt;
 
-use crate::support::*;
 use tokend::api::pb;
 use tonic::Code;
+
+use crate::support::*;
 
 /// Who calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,19 +1,17 @@
 //! Transport and identity: TLS on the gRPC port (certificates reloaded without a restart),
 //! client-certificate callers, the Unix socket with peer-uid callers.
 
-// Test code: a failed step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::Path;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use crate::support::*;
 use tokend::api::pb;
 use tokend::api::pb::connected_apps_client::ConnectedAppsClient;
 use tokend::api::pb::tokens_client::TokensClient;
 use tokend::config::CallerConfig;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::support::*;
 
 /// A CA that signs server and client certificates.
 struct Ca {

@@ -1,9 +1,6 @@
 //! Shared helpers of the integration tests: a daemon started in-process on port 0 with a
 //! temporary data directory, gRPC clients carrying a bearer token, a fake provider, and a log
 //! capture for "no secret in any log line" checks.
-#![allow(dead_code)]
-// Test support: a failed setup step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fake_provider;
 pub mod tls_front;
@@ -21,7 +18,6 @@ use tokend::daemon::{Daemon, StartOptions};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-#[allow(unused_imports)] // Not every test binary scripts faults.
 pub use fake_provider::{FakeProvider, Fault};
 
 /// Bearer tokens of the callers every test daemon knows.

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokend::api::pb;
 use tokend::api::pb::connected_apps_client::ConnectedAppsClient;
 use tokend::api::pb::tokens_client::TokensClient;
-use tonic::service::interceptor::InterceptedService;
+use tokend::client::{Authed, Bearer};
 use tonic::transport::Channel;
 
 /// The confidential client registered at the authorization server.
@@ -292,19 +292,8 @@ impl Drop for AuthServer {
 // tokend
 // ---------------------------------------------------------------------------------------------
 
-/// Adds `authorization: Bearer <token>`.
-#[derive(Clone)]
-pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-pub type Apps = ConnectedAppsClient<InterceptedService<Channel, Bearer>>;
-pub type Tokens = TokensClient<InterceptedService<Channel, Bearer>>;
+pub type Apps = ConnectedAppsClient<Authed>;
+pub type Tokens = TokensClient<Authed>;
 
 /// A free loopback port: bound to port 0, then released for tokend to take.
 fn free_port() -> SocketAddr {
@@ -449,7 +438,7 @@ token_sha256 = "{}"
             .connect()
             .await
             .expect("connect to tokend");
-        (channel, Bearer(format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii")))
+        (channel, Bearer::new(ADMIN_TOKEN).expect("ASCII bearer token"))
     }
 
     /// A `tokend.v1.ConnectedApps` client as the admin.

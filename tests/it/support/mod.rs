@@ -12,10 +12,10 @@ use tokend::api::pb;
 use tokend::api::pb::connected_apps_client::ConnectedAppsClient;
 use tokend::api::pb::maintenance_client::MaintenanceClient;
 use tokend::api::pb::tokens_client::TokensClient;
+use tokend::client::{Authed, Bearer};
 use tokend::clock::{Clock, FixedJitter, ManualClock, SystemClock};
 use tokend::config::{CallerConfig, Config};
 use tokend::daemon::{Daemon, StartOptions};
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use fake_provider::{FakeProvider, Fault};
@@ -195,24 +195,13 @@ pub async fn start_daemon(config: &Config, clock: Option<ManualClock>) -> Result
     Daemon::start(config.clone(), StartOptions { clock, jitter: Arc::new(FixedJitter(0.5)), env_key: None }).await
 }
 
-/// Adds `authorization: Bearer <token>` (nothing for an empty token).
-#[derive(Clone)]
-pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub type AppsClient = ConnectedAppsClient<Authed>;
+pub type TokensApi = TokensClient<Authed>;
+pub type MaintenanceApi = MaintenanceClient<Authed>;
 
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-pub type AppsClient = ConnectedAppsClient<InterceptedService<Channel, Auth>>;
-pub type TokensApi = TokensClient<InterceptedService<Channel, Auth>>;
-pub type MaintenanceApi = MaintenanceClient<InterceptedService<Channel, Auth>>;
-
-fn auth(token: &str) -> Auth {
-    Auth((!token.is_empty()).then(|| format!("Bearer {token}").parse().expect("ascii token")))
+/// The interceptor for `token` (an empty token: a client without credentials).
+pub fn bearer(token: &str) -> Bearer {
+    Bearer::new(token).expect("ASCII bearer token")
 }
 
 async fn channel(addr: std::net::SocketAddr) -> Channel {
@@ -220,15 +209,15 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
 }
 
 pub async fn apps_client(addr: std::net::SocketAddr, token: &str) -> AppsClient {
-    ConnectedAppsClient::with_interceptor(channel(addr).await, auth(token))
+    ConnectedAppsClient::with_interceptor(channel(addr).await, bearer(token))
 }
 
 pub async fn tokens_client(addr: std::net::SocketAddr, token: &str) -> TokensApi {
-    TokensClient::with_interceptor(channel(addr).await, auth(token))
+    TokensClient::with_interceptor(channel(addr).await, bearer(token))
 }
 
 pub async fn maintenance_client(addr: std::net::SocketAddr, token: &str) -> MaintenanceApi {
-    MaintenanceClient::with_interceptor(channel(addr).await, auth(token))
+    MaintenanceClient::with_interceptor(channel(addr).await, bearer(token))
 }
 
 /// A profile pointing at the fake provider.

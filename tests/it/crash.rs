@@ -8,7 +8,6 @@
 //! on reuse (oidc-provider), a connection may be lost only through that window: the test counts
 //! those losses and prints the measured rate.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,10 +19,6 @@ use crate::support::*;
 
 const PROFILES: usize = 6;
 const KILLS: usize = 12;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Tokend {
     child: Child,

@@ -583,7 +583,7 @@ async fn metrics_and_audit() {
 
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let logs = String::from_utf8_lossy(&logs().lock().expect("logs")).into_owned();
+        let logs = logs();
         let tallied = logs.lines().any(|l| {
             l.contains("token hand-outs")
                 && l.contains("caller=mail-worker")

@@ -83,7 +83,7 @@ fn sealed_value_corpus() {
 
 /// Writes the binary seeds (store records and sealed values, which are not hand-writable) into
 /// `fuzz/seeds/`. Run by hand when the record types change:
-/// `cargo test --test fuzz_corpus -- --ignored write_binary_seeds`.
+/// `cargo test --test it fuzz_corpus::write_binary_seeds -- --ignored`.
 #[test]
 #[ignore = "writes fuzz/seeds/; run by hand"]
 fn write_binary_seeds() {

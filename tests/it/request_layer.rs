@@ -87,7 +87,7 @@ async fn repeated_failures_block_the_peer() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     worker.get_access_token(get_token("mail-guarded")).await.expect("served after the block");
 
-    let logs = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    let logs = logs();
     let blocks = logs.lines().filter(|l| l.contains("refusing the peer for a while")).count();
     assert_eq!(blocks, 1, "one log line per block, not per refused request");
     let metrics = scrape(&daemon).await;

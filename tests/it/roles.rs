@@ -183,7 +183,7 @@ async fn call(daemon: &TestDaemon, provider: &FakeProvider, who: Who, rpc: Rpc) 
 async fn every_rpc_by_every_role() {
     let provider = FakeProvider::start().await;
     // 32 refused calls come from this one address; the failed-authentication limit per peer
-    // (tested in tests/request_layer.rs) would block it half-way.
+    // (tested in request_layer.rs) would block it half-way.
     let daemon = TestDaemon::start_with(|c| c.grpc.auth_limit.max_failures = 0, None).await;
     let mut apps = daemon.apps(ADMIN).await;
     create_and_connect(&mut apps, "mail-a", &provider).await;

@@ -135,7 +135,7 @@ impl AuthServer {
         assert!(
             interop.join("node_modules/oidc-provider/package.json").is_file(),
             "interop/node_modules is missing: the interop suite needs the authorization server's npm packages. \
-             Run `npm ci` in {} (Node.js 20.18+ and npm), then rerun `cargo test --test interop`.",
+             Run `npm ci` in {} (Node.js 20.18+ and npm), then rerun `cargo test --test it interop::`.",
             interop.display()
         );
         let dir = tempfile::tempdir().expect("temp dir");
@@ -295,10 +295,9 @@ impl Drop for AuthServer {
 pub type Apps = ConnectedAppsClient<Authed>;
 pub type Tokens = TokensClient<Authed>;
 
-/// A free loopback port: bound to port 0, then released for tokend to take.
+/// A free loopback port for tokend to take (see [`crate::support::ports`]).
 fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+    SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()))
 }
 
 /// The real `tokend` binary, running as a child process on a temporary data directory.
@@ -585,7 +584,7 @@ fn hidden_inputs(page: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A progress line, shown with `cargo test --test interop -- --nocapture` (and on failure).
+/// A progress line, shown with `cargo test --test it interop:: -- --nocapture` (and on failure).
 pub fn step(text: &str) {
     eprintln!("[interop] {text}");
 }

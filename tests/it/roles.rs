@@ -179,6 +179,7 @@ async fn call(daemon: &TestDaemon, provider: &FakeProvider, who: Who, rpc: Rpc) 
     Ok(())
 }
 
+/// Every RPC called by every kind of caller gets exactly the answer its role allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_by_every_role() {
     let provider = FakeProvider::start().await;

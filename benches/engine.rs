@@ -27,7 +27,9 @@
 //! `--timeout-secs` (300), `--skip-single-flight`, `--skip-engine`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/fake_provider.rs"]
+// The integration tests' fake provider; a benchmark uses a few of its methods.
+#[allow(dead_code)]
+#[path = "../tests/it/support/fake_provider.rs"]
 mod fake_provider;
 mod support;
 

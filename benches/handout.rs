@@ -31,7 +31,9 @@
 //! marked unreliable: the figures would measure the neighbours as much as the servers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/fake_provider.rs"]
+// The integration tests' fake provider; a benchmark uses a few of its methods.
+#[allow(dead_code)]
+#[path = "../tests/it/support/fake_provider.rs"]
 mod fake_provider;
 mod support;
 

@@ -11,19 +11,16 @@
 use std::time::Duration;
 
 use tokend::api::pb::{GetAccessTokenRequest, WatchAccessTokenRequest, tokens_client::TokensClient};
-use tonic::metadata::MetadataValue;
+use tokend::client::Bearer;
 use tonic::transport::Endpoint;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let profile = std::env::args().nth(1).ok_or("usage: worker PROFILE")?;
     let addr = std::env::var("TOKEND_ADDR").unwrap_or_else(|_| "http://127.0.0.1:50051".to_owned());
-    let bearer: MetadataValue<_> = format!("Bearer {}", std::env::var("TOKEND_TOKEN")?).parse()?;
+    let bearer = Bearer::new(&std::env::var("TOKEND_TOKEN")?)?;
     let channel = Endpoint::from_shared(addr)?.connect_timeout(Duration::from_secs(5)).connect_lazy();
-    let mut tokens = TokensClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-        request.metadata_mut().insert("authorization", bearer.clone());
-        Ok(request)
-    });
+    let mut tokens = TokensClient::with_interceptor(channel, bearer);
 
     // A token valid for at least two minutes: tokend answers from memory, refreshing first only
     // when the one it holds is too old.

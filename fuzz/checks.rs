@@ -1,7 +1,7 @@
 //! The invariants of tokend's parsers of hostile input, one function per fuzz target.
 //!
 //! Shared by the fuzz targets (`fuzz/fuzz_targets/*.rs`, through `#[path = "../checks.rs"]`) and
-//! by the corpus replay test (`tests/fuzz_corpus.rs`, through `#[path = "../fuzz/checks.rs"]`),
+//! by the corpus replay test (`tests/it/fuzz_corpus.rs`, through `#[path = "../../fuzz/checks.rs"]`),
 //! so `cargo test` checks every corpus input exactly as the fuzzer did. Each function takes the
 //! raw input and panics (through an assertion) when an invariant breaks; a panic inside the code
 //! under test is a finding too. Nothing here may print the input's secrets on success.

@@ -7,12 +7,16 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-export PATH="$root/target/venv-tools/bin:$root/target/debug:$PATH"
+# The tools live in the repository's target/ (scripts/test.sh puts them there); the binaries in
+# cargo's target directory, which CARGO_TARGET_DIR may move elsewhere.
+bin_dir="${CARGO_TARGET_DIR:-$root/target}/debug"
+case "$bin_dir" in /*) ;; *) bin_dir="$root/$bin_dir" ;; esac # the commands below run elsewhere
+export PATH="$root/target/venv-tools/bin:$bin_dir:$PATH"
 command -v grpcurl >/dev/null || { echo "smoke: grpcurl missing (scripts/test.sh installs it)" >&2; exit 1; }
 grpcurl -version 2>&1 | grep -q 'v1.8.6' || { echo "smoke: need grpcurl v1.8.6" >&2; exit 1; }
 # --all-targets: the same feature set as `cargo test`, so after the suite this builds nothing.
 cargo build -q --locked --all-targets
-tokend="$root/target/debug/tokend"
+tokend="$bin_dir/tokend"
 
 for port in 50051 8085; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then

@@ -17,8 +17,8 @@ use std::time::Duration;
 use tokend::api::pb;
 use tokend::api::pb::connected_apps_client::ConnectedAppsClient;
 use tokend::api::pb::tokens_client::TokensClient;
+use tokend::client::{Authed, Bearer};
 use tokend::config::{CallerConfig, Config};
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Bearer token of the benchmark's admin caller.
@@ -91,28 +91,15 @@ pub fn bench_config(dir: &Path) -> Config {
     config
 }
 
-/// Adds `authorization: Bearer <token>` to every request.
-#[derive(Clone)]
-pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl Bearer {
-    /// The interceptor for `token`.
-    pub fn new(token: &str) -> Self {
-        Self(format!("Bearer {token}").parse().expect("ASCII bearer token"))
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
 /// A `Tokens` client that sends a bearer token.
-pub type TokensApi = TokensClient<InterceptedService<Channel, Bearer>>;
+pub type TokensApi = TokensClient<Authed>;
 /// A `ConnectedApps` client that sends a bearer token.
-pub type AppsApi = ConnectedAppsClient<InterceptedService<Channel, Bearer>>;
+pub type AppsApi = ConnectedAppsClient<Authed>;
+
+/// The interceptor for `token`.
+fn bearer(token: &str) -> Bearer {
+    Bearer::new(token).expect("ASCII bearer token")
+}
 
 /// One HTTP/2 connection to `addr`.
 pub async fn channel(addr: SocketAddr) -> Channel {
@@ -125,12 +112,12 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 
 /// A `Tokens` client on its own connection.
 pub async fn tokens_client(addr: SocketAddr, token: &str) -> TokensApi {
-    TokensClient::with_interceptor(channel(addr).await, Bearer::new(token)).max_decoding_message_size(4 * 1024 * 1024)
+    TokensClient::with_interceptor(channel(addr).await, bearer(token)).max_decoding_message_size(4 * 1024 * 1024)
 }
 
 /// A `ConnectedApps` client on its own connection.
 pub async fn apps_client(addr: SocketAddr, token: &str) -> AppsApi {
-    ConnectedAppsClient::with_interceptor(channel(addr).await, Bearer::new(token))
+    ConnectedAppsClient::with_interceptor(channel(addr).await, bearer(token))
 }
 
 /// A `GetAccessToken` request; `min_valid_for` in seconds (None: the daemon's default).

@@ -1,5 +1,5 @@
 //! Fuzz target `config_toml`: feeds arbitrary bytes to [`checks::config_toml`], which asserts the invariants
-//! (shared with `tests/fuzz_corpus.rs`, which replays the corpus in `cargo test`).
+//! (shared with `tests/it/fuzz_corpus.rs`, which replays the corpus in `cargo test`).
 #![no_main]
 
 #[allow(dead_code)]

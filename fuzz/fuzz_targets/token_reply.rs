@@ -1,5 +1,5 @@
 //! Fuzz target `token_reply`: feeds arbitrary bytes to [`checks::token_reply`], which asserts the invariants
-//! (shared with `tests/fuzz_corpus.rs`, which replays the corpus in `cargo test`).
+//! (shared with `tests/it/fuzz_corpus.rs`, which replays the corpus in `cargo test`).
 #![no_main]
 
 #[allow(dead_code)]

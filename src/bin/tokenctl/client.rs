@@ -2,30 +2,15 @@
 
 use std::time::Duration;
 
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::SecretString;
 use tokend::api::pb::{
     connected_apps_client::ConnectedAppsClient, maintenance_client::MaintenanceClient, tokens_client::TokensClient,
 };
-use tonic::metadata::AsciiMetadataValue;
-use tonic::service::{Interceptor, interceptor::InterceptedService};
-use tonic::transport::{Channel, Endpoint};
+use tokend::client::{Authed, Bearer};
+use tonic::transport::Endpoint;
 
 use crate::cli::*;
 use crate::failure::*;
-
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub(crate) struct Bearer(AsciiMetadataValue);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-/// A channel with the bearer token attached.
-pub(crate) type Authed = InterceptedService<Channel, Bearer>;
 
 /// The connected clients and how to print.
 pub(crate) struct Client {
@@ -55,9 +40,8 @@ pub(crate) fn load_token(cli: &Cli) -> Outcome<SecretString> {
 /// Connects to tokend and builds the authenticated clients.
 pub(crate) async fn connect(cli: &Cli) -> Outcome<Client> {
     let token = load_token(cli)?;
-    let mut bearer = AsciiMetadataValue::try_from(format!("Bearer {}", token.expose_secret()))
+    let bearer = Bearer::from_secret(&token)
         .map_err(|_| Failure::new(4, "the bearer token holds characters a header cannot carry", None))?;
-    bearer.set_sensitive(true);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let limit = Duration::from_secs(cli.timeout);
     let endpoint = Endpoint::from_shared(cli.addr.clone())
@@ -68,7 +52,6 @@ pub(crate) async fn connect(cli: &Cli) -> Outcome<Client> {
         let hint = Some(format!("is tokend running at {}?", cli.addr));
         Failure::new(6, format!("connecting to {}: {}", cli.addr, error_chain(&e)), hint)
     })?;
-    let bearer = Bearer(bearer);
     Ok(Client {
         apps: ConnectedAppsClient::with_interceptor(channel.clone(), bearer.clone()),
         tokens: TokensClient::with_interceptor(channel.clone(), bearer.clone()),

@@ -8,26 +8,17 @@
 //! on reuse (oidc-provider), a connection may be lost only through that window: the test counts
 //! those losses and prints the measured rate.
 
-// Test code: a failed step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use support::*;
 use tokend::api::pb;
+
+use crate::support::*;
 
 const PROFILES: usize = 6;
 const KILLS: usize = 12;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Tokend {
     child: Child,

@@ -6,12 +6,8 @@
 //!
 //! Needs Node.js 20.18+ and `npm ci` in `interop/` (see `interop/README.md`); fails, never
 //! skips, without them.
-// Helpers outside the #[tokio::test] fns panic on a failed step, which is a failed test here.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "interop/fault_proxy.rs"]
 mod fault_proxy;
-#[path = "interop/harness.rs"]
 mod harness;
 
 use std::time::{Duration, SystemTime};

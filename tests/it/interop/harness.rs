@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokend::api::pb;
 use tokend::api::pb::connected_apps_client::ConnectedAppsClient;
 use tokend::api::pb::tokens_client::TokensClient;
-use tonic::service::interceptor::InterceptedService;
+use tokend::client::{Authed, Bearer};
 use tonic::transport::Channel;
 
 /// The confidential client registered at the authorization server.
@@ -135,7 +135,7 @@ impl AuthServer {
         assert!(
             interop.join("node_modules/oidc-provider/package.json").is_file(),
             "interop/node_modules is missing: the interop suite needs the authorization server's npm packages. \
-             Run `npm ci` in {} (Node.js 20.18+ and npm), then rerun `cargo test --test interop`.",
+             Run `npm ci` in {} (Node.js 20.18+ and npm), then rerun `cargo test --test it interop::`.",
             interop.display()
         );
         let dir = tempfile::tempdir().expect("temp dir");
@@ -292,24 +292,12 @@ impl Drop for AuthServer {
 // tokend
 // ---------------------------------------------------------------------------------------------
 
-/// Adds `authorization: Bearer <token>`.
-#[derive(Clone)]
-pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub type Apps = ConnectedAppsClient<Authed>;
+pub type Tokens = TokensClient<Authed>;
 
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-pub type Apps = ConnectedAppsClient<InterceptedService<Channel, Bearer>>;
-pub type Tokens = TokensClient<InterceptedService<Channel, Bearer>>;
-
-/// A free loopback port: bound to port 0, then released for tokend to take.
+/// A free loopback port for tokend to take (see [`crate::support::ports`]).
 fn free_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+    SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()))
 }
 
 /// The real `tokend` binary, running as a child process on a temporary data directory.
@@ -449,7 +437,7 @@ token_sha256 = "{}"
             .connect()
             .await
             .expect("connect to tokend");
-        (channel, Bearer(format!("Bearer {ADMIN_TOKEN}").parse().expect("ascii")))
+        (channel, Bearer::new(ADMIN_TOKEN).expect("ASCII bearer token"))
     }
 
     /// A `tokend.v1.ConnectedApps` client as the admin.
@@ -596,7 +584,7 @@ fn hidden_inputs(page: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A progress line, shown with `cargo test --test interop -- --nocapture` (and on failure).
+/// A progress line, shown with `cargo test --test it interop:: -- --nocapture` (and on failure).
 pub fn step(text: &str) {
     eprintln!("[interop] {text}");
 }

@@ -1,16 +1,13 @@
 //! Integration tests: the real daemon in-process on 127.0.0.1 port 0, the generated gRPC client,
 //! and a scriptable fake provider.
-// Test code: a failed step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::*;
 use tokend::api::pb;
 use tonic::Code;
+
+use crate::support::*;
 
 fn get_token(name: &str, min_valid_secs: i64) -> pb::GetAccessTokenRequest {
     pb::GetAccessTokenRequest {
@@ -587,7 +584,7 @@ async fn metrics_and_audit() {
 
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let logs = String::from_utf8_lossy(&logs().lock().expect("logs")).into_owned();
+        let logs = logs();
         let tallied = logs.lines().any(|l| {
             l.contains("token hand-outs")
                 && l.contains("caller=mail-worker")

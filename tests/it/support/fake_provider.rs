@@ -8,32 +8,26 @@
 //! and `GET /.well-known/openid-configuration`. Tests script failures with
 //! [`FakeProvider::push_fault`] and inspect what the client did through the counters and
 //! recorders. Dropping the provider stops it.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::ListenerExt as _;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -60,9 +54,6 @@ pub struct FakeOptions {
     pub revoke_grant_on_reuse: bool,
     /// authorization_code and device grants get a refresh token (client_credentials never does). Default true.
     pub issue_refresh_token: bool,
-    /// `GET /authorize` redirects at once; when false it answers 200 and the redirect is
-    /// fetched with [`FakeProvider::take_consent_redirect`]. Default true.
-    pub auto_consent: bool,
     /// Minimum seconds between device-code polls (`slow_down` below it; 0 disables). Default 1.
     pub device_interval_secs: u64,
     /// Lifetime of device codes (`expired_token` after it). Default 600.
@@ -90,7 +81,6 @@ impl Default for FakeOptions {
             reuse_grace: None,
             revoke_grant_on_reuse: true,
             issue_refresh_token: true,
-            auto_consent: true,
             device_interval_secs: 1,
             device_code_lifetime_secs: 600,
             refresh_token_lifetime_secs: None,
@@ -114,8 +104,6 @@ pub enum Fault {
     RateLimited { retry_after_secs: u64 },
     /// Sleep, then process the request normally (it commits even if the client gave up).
     Delay(Duration),
-    /// Never answer; the connection is closed without a reply when the provider is dropped.
-    Hang,
     /// 400 `invalid_grant` without touching state.
     InvalidGrant,
     /// 401 `invalid_client` without touching state.
@@ -127,23 +115,13 @@ pub enum Fault {
     /// Process normally without rotating; the reply carries no `refresh_token` (a code/device
     /// grant then gets none at all, a refresh keeps the presented token valid).
     NoRefreshTokenInReply,
-    /// Process normally (rotation is committed), then close the TCP connection without sending
-    /// a single byte of the reply: the "lost reply" case (clients see hyper's `IncompleteMessage`).
-    /// Implemented by failing the connection's writes, so hyper drops the whole connection.
-    DropConnection,
 }
 
 /// What the client sent in a `POST /token` request.
 #[derive(Clone, Debug, Default)]
 pub struct RecordedRequest {
-    /// Form fields (for a repeated field the last value).
-    pub form: HashMap<String, String>,
     /// Whether an `Authorization: Basic` header was present.
     pub used_basic_auth: bool,
-    /// Base64-decoded `(id, secret)` of that header, as sent (not percent-decoded).
-    pub basic_credentials: Option<(String, String)>,
-    /// The request's `Content-Type`.
-    pub content_type: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -211,7 +189,6 @@ struct Inner {
     devices: HashMap<String, Device>,
     deny_next_consent: bool,
     last_authorize: Option<HashMap<String, String>>,
-    pending_consent: Option<String>,
     last_token: Option<RecordedRequest>,
     /// Refreshes that presented a rotated-out refresh token (inside or outside the grace window).
     reuse_events: usize,
@@ -222,7 +199,6 @@ struct Inner {
 struct Shared {
     base: String,
     inner: Mutex<Inner>,
-    shutdown: watch::Receiver<bool>,
 }
 
 impl Shared {
@@ -262,8 +238,7 @@ impl FakeProvider {
         };
         let (tx, rx) = watch::channel(false);
         let inner = Inner { opts, ..Inner::default() };
-        let shared =
-            Arc::new(Shared { base: format!("http://{addr}"), inner: Mutex::new(inner), shutdown: rx.clone() });
+        let shared = Arc::new(Shared { base: format!("http://{addr}"), inner: Mutex::new(inner) });
         let app = Router::new()
             .route("/authorize", get(authorize))
             .route("/token", post(token))
@@ -275,10 +250,12 @@ impl FakeProvider {
             .route("/.well-known/openid-configuration", get(openid_metadata))
             .with_state(shared.clone());
         let mut stop = rx;
-        let server = axum::serve(KillListener(listener), app.into_make_service_with_connect_info::<Conn>())
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            });
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        });
         tokio::spawn(async move {
             let _ = server.await;
         });
@@ -310,11 +287,6 @@ impl FakeProvider {
         self.url("/revoke")
     }
 
-    /// URL of `POST /introspect` (RFC 7662).
-    pub fn introspection_endpoint(&self) -> String {
-        self.url("/introspect")
-    }
-
     /// URL of `POST /device` (RFC 8628 device authorization).
     pub fn device_authorization_endpoint(&self) -> String {
         self.url("/device")
@@ -336,29 +308,14 @@ impl FakeProvider {
         self.shared.lock().faults.push_back(fault);
     }
 
-    /// Number of queued faults not yet used.
-    pub fn pending_faults(&self) -> usize {
-        self.shared.lock().faults.len()
-    }
-
     /// Changes options in place, e.g. `p.set_options(|o| o.reuse_grace = Some(d))`.
     pub fn set_options(&self, change: impl FnOnce(&mut FakeOptions)) {
         change(&mut self.shared.lock().opts);
     }
 
-    /// A copy of the current options.
-    pub fn options(&self) -> FakeOptions {
-        self.shared.lock().opts.clone()
-    }
-
     /// Sets the lifetime (and `expires_in`) of access tokens issued from now on.
     pub fn set_access_token_lifetime(&self, secs: i64) {
         self.set_options(|o| o.access_token_lifetime_secs = secs);
-    }
-
-    /// Turns refresh-token rotation on or off.
-    pub fn set_rotate(&self, rotate: bool) {
-        self.set_options(|o| o.rotate_refresh_tokens = rotate);
     }
 
     /// Sets the reuse grace window of rotated-out refresh tokens.
@@ -369,12 +326,6 @@ impl FakeProvider {
     /// Makes the next `GET /authorize` redirect with `error=access_denied`.
     pub fn deny_next_consent(&self) {
         self.shared.lock().deny_next_consent = true;
-    }
-
-    /// With `auto_consent = false`: the redirect URL (with `code`/`state` or an error) the user
-    /// agent would have been sent to by the last `GET /authorize`, taken once.
-    pub fn take_consent_redirect(&self) -> Option<String> {
-        self.shared.lock().pending_consent.take()
     }
 
     /// How many `POST /token` requests carried this `grant_type` (faulted ones included;
@@ -457,89 +408,6 @@ impl FakeProvider {
     /// The last `POST /token` request as received (recorded before any fault applies).
     pub fn last_token_request(&self) -> Option<RecordedRequest> {
         self.shared.lock().last_token.clone()
-    }
-}
-
-// ---------------------------------------------------------------- connection killing
-
-/// Per-connection kill switch, handed to handlers as connect info.
-#[derive(Clone, Debug, Default)]
-struct Conn(Arc<AtomicBool>);
-
-impl Conn {
-    fn kill(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Connected<IncomingStream<'_, KillListener>> for Conn {
-    fn connect_info(stream: IncomingStream<'_, KillListener>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
-
-struct KillListener(TcpListener);
-
-impl Listener for KillListener {
-    type Io = KillIo;
-    type Addr = Conn;
-
-    async fn accept(&mut self) -> (KillIo, Conn) {
-        loop {
-            match self.0.accept().await {
-                Ok((io, _)) => {
-                    let _ = io.set_nodelay(true);
-                    let conn = Conn::default();
-                    return (KillIo { io, conn: conn.clone() }, conn);
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Conn> {
-        Ok(Conn::default())
-    }
-}
-
-/// A TCP stream whose writes fail once its [`Conn`] is killed, so hyper drops the connection
-/// without sending the response it has buffered.
-struct KillIo {
-    io: TcpStream,
-    conn: Conn,
-}
-
-impl KillIo {
-    fn check(&self) -> Option<std::io::Error> {
-        let killed = self.conn.0.load(Ordering::SeqCst);
-        killed
-            .then(|| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fake provider dropped the connection"))
-    }
-}
-
-impl AsyncRead for KillIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for KillIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.check() {
-            Some(e) => Poll::Ready(Err(e)),
-            None => Pin::new(&mut self.get_mut().io).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.check() {
-            Some(e) => Poll::Ready(Err(e)),
-            None => Pin::new(&mut self.get_mut().io).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -876,24 +744,17 @@ fn device_grant(
 
 // ---------------------------------------------------------------- handlers
 
-async fn token(
-    State(sh): State<Arc<Shared>>,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn token(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let fault = {
         let mut inner = sh.lock();
         let form: HashMap<String, String> = pairs(&body).into_iter().collect();
         *inner.counts.entry(form.get("grant_type").cloned().unwrap_or_default()).or_default() += 1;
-        let basic = basic_credentials(&headers).ok().flatten();
-        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(String::from);
-        inner.last_token =
-            Some(RecordedRequest { form, used_basic_auth: basic.is_some(), basic_credentials: basic, content_type });
+        let used_basic_auth = basic_credentials(&headers).ok().flatten().is_some();
+        inner.last_token = Some(RecordedRequest { used_basic_auth });
         inner.faults.pop_front()
     };
     let mut shape = Shape { refresh_token_expires_in: sh.lock().opts.refresh_token_lifetime_secs, ..Shape::default() };
-    let (mut drop_connection, mut delay) = (false, None);
+    let mut delay = None;
     match fault {
         None => {}
         Some(Fault::Status(code)) => {
@@ -920,12 +781,6 @@ async fn token(
             return resp;
         }
         Some(Fault::Delay(d)) => delay = Some(d),
-        Some(Fault::Hang) => {
-            let mut stop = sh.shutdown.clone();
-            let _ = stop.wait_for(|stopped| *stopped).await;
-            conn.kill();
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
-        }
         Some(Fault::InvalidGrant) => return invalid_grant("injected fault").into_response(),
         Some(Fault::InvalidClient) => {
             return err(401, "invalid_client", "injected fault").into_response();
@@ -933,7 +788,6 @@ async fn token(
         Some(Fault::ExpiresInAsString) => shape.expires_as_string = true,
         Some(Fault::NoExpiresIn) => shape.no_expires_in = true,
         Some(Fault::NoRefreshTokenInReply) => shape.no_refresh_token = true,
-        Some(Fault::DropConnection) => drop_connection = true,
     }
     // Processed in its own task so that a client giving up (hyper then drops this handler)
     // does not cancel the commit: a delayed request still rotates the token.
@@ -947,9 +801,6 @@ async fn token(
         Ok(result) => result,
         Err(_) => Err(err(500, "server_error", "fake provider task failed")),
     };
-    if drop_connection {
-        conn.kill();
-    }
     match result {
         Ok(issued) => token_reply(&issued, &shape),
         Err(e) => e.into_response(),
@@ -1135,11 +986,5 @@ async fn authorize(State(sh): State<Arc<Shared>>, uri: Uri) -> Response {
             out.append_pair("state", param("state"));
         }
     }
-    if inner.opts.auto_consent {
-        (StatusCode::FOUND, [(header::LOCATION, redirect.to_string())]).into_response()
-    } else {
-        inner.pending_consent = Some(redirect.to_string());
-        (StatusCode::OK, [(header::CONTENT_TYPE, "text/html")], "<html><body>consent required</body></html>")
-            .into_response()
-    }
+    (StatusCode::FOUND, [(header::LOCATION, redirect.to_string())]).into_response()
 }

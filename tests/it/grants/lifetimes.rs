@@ -56,7 +56,7 @@ async fn stated_refresh_token_expiry_is_shown_and_warned() {
     assert_eq!(seconds(&profile.refresh_token_expires_at), (START_MS + 4 * DAY_MS) / 1000);
     assert!(profile.warning.contains("expires in 3 d 0 h"), "{}", profile.warning);
     assert!(profile.warning.contains("Connect"), "{}", profile.warning);
-    let logs = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    let logs = logs();
     assert!(logs.contains("the refresh token expires in 3 d 0 h"), "the warning is logged");
     daemon.stop().await;
 }

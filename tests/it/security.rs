@@ -1,21 +1,17 @@
 //! Transport and identity: TLS on the gRPC port (certificates reloaded without a restart),
 //! client-certificate callers, the Unix socket with peer-uid callers.
 
-// Test code: a failed step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
 use std::path::Path;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use support::*;
 use tokend::api::pb;
 use tokend::api::pb::connected_apps_client::ConnectedAppsClient;
 use tokend::api::pb::tokens_client::TokensClient;
 use tokend::config::CallerConfig;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::support::*;
 
 /// A CA that signs server and client certificates.
 struct Ca {
@@ -63,15 +59,8 @@ async fn tls_channel(
     Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls)?.connect().await
 }
 
-fn with_bearer(
-    channel: Channel,
-    token: &str,
-) -> TokensClient<tonic::service::interceptor::InterceptedService<Channel, impl tonic::service::Interceptor>> {
-    let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-    TokensClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", value.clone());
-        Ok(r)
-    })
+fn with_bearer(channel: Channel, token: &str) -> TokensApi {
+    TokensClient::with_interceptor(channel, bearer(token))
 }
 
 /// TLS on the gRPC port: bearer tokens work over it, a client certificate naming a consumer
@@ -105,11 +94,7 @@ async fn tls_mtls_and_reload() {
 
     // Admin over TLS with a bearer token: create and connect two profiles.
     let channel = tls_channel(addr, &server_ca, None).await.expect("TLS without a client certificate");
-    let value: tonic::metadata::MetadataValue<_> = format!("Bearer {ADMIN}").parse().unwrap();
-    let mut apps = ConnectedAppsClient::with_interceptor(channel.clone(), move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", value.clone());
-        Ok(r)
-    });
+    let mut apps = ConnectedAppsClient::with_interceptor(channel.clone(), bearer(ADMIN));
     for name in ["mail-in", "crm"] {
         apps.create_profile(pb::CreateProfileRequest { profile: Some(fake_profile(name, &provider)) }).await.unwrap();
         let start = apps.connect(pb::ConnectRequest { name: name.into() }).await.unwrap().into_inner();

@@ -28,7 +28,7 @@ impl Drop for TlsFront {
 impl TlsFront {
     /// Starts a front relaying to `backend` (a fake provider's address).
     pub async fn start(backend: SocketAddr) -> TlsFront {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        super::install_crypto_provider();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(rcgen::DnType::CommonName, "tokend test on-premises CA");

@@ -5,10 +5,8 @@
 //!
 //! A missing or empty seed or corpus directory fails the test, so it cannot pass by replaying
 //! nothing; `regressions/<target>/` exists only once a fuzzer has found something.
-// Test code: a failed step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../fuzz/checks.rs"]
+#[path = "../../fuzz/checks.rs"]
 mod checks;
 
 use std::io::Write as _;
@@ -85,7 +83,7 @@ fn sealed_value_corpus() {
 
 /// Writes the binary seeds (store records and sealed values, which are not hand-writable) into
 /// `fuzz/seeds/`. Run by hand when the record types change:
-/// `cargo test --test fuzz_corpus -- --ignored write_binary_seeds`.
+/// `cargo test --test it fuzz_corpus::write_binary_seeds -- --ignored`.
 #[test]
 #[ignore = "writes fuzz/seeds/; run by hand"]
 fn write_binary_seeds() {

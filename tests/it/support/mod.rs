@@ -1,104 +1,32 @@
 //! Shared helpers of the integration tests: a daemon started in-process on port 0 with a
-//! temporary data directory, gRPC clients carrying a bearer token, a fake provider, and a log
-//! capture for "no secret in any log line" checks.
-#![allow(dead_code)]
-// Test support: a failed setup step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! temporary data directory, gRPC clients carrying a bearer token, a fake provider, a log
+//! capture for "no secret in any log line" checks, and free ports for child daemons.
 
 pub mod fake_provider;
+pub mod logs;
+pub mod ports;
 pub mod tls_front;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use tokend::api::pb;
 use tokend::api::pb::connected_apps_client::ConnectedAppsClient;
 use tokend::api::pb::maintenance_client::MaintenanceClient;
 use tokend::api::pb::tokens_client::TokensClient;
+use tokend::client::{Authed, Bearer};
 use tokend::clock::{Clock, FixedJitter, ManualClock, SystemClock};
 use tokend::config::{CallerConfig, Config};
 use tokend::daemon::{Daemon, StartOptions};
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-#[allow(unused_imports)] // Not every test binary scripts faults.
 pub use fake_provider::{FakeProvider, Fault};
+pub use logs::{assert_no_secret_in_logs, logs};
+pub use ports::free_port;
 
 /// Bearer tokens of the callers every test daemon knows.
 pub const ADMIN: &str = "admin-token-for-tests";
 pub const VIEWER: &str = "viewer-token-for-tests";
 pub const CONSUMER: &str = "consumer-token-for-tests";
-
-/// Every log line any test daemon wrote, at trace level.
-pub fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut logs) = logs().lock() {
-            logs.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Captures every log line of this process at trace level into [`logs`].
-pub fn install_log_capture() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("trace,h2=info,hyper=info,tower=info,sled=info,reqwest=debug")
-            .with_writer(|| LogWriter)
-            .with_ansi(false)
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-    });
-}
-
-/// Asserts that none of `secrets` appears in any captured log line.
-pub fn assert_no_secret_in_logs(secrets: &[String]) {
-    let logs = logs().lock().map(|l| String::from_utf8_lossy(&l).into_owned()).unwrap_or_default();
-    assert!(!logs.is_empty(), "log capture is empty: the check would prove nothing");
-    for secret in secrets.iter().filter(|s| s.len() >= 8) {
-        assert!(!logs.contains(secret.as_str()), "a secret appeared in the logs");
-    }
-}
-
-/// What no log line may contain: prefixes of every access token, refresh token, authorization
-/// code and device code the fake provider issues, its client secret, and the PKCE verifiers it
-/// received.
-fn secret_patterns() -> Vec<String> {
-    let mut patterns: Vec<String> =
-        ["fake-at-", "fake-rt-", "fake-code-", "fake-dc-", "test-secret"].iter().map(|s| (*s).to_owned()).collect();
-    if let Ok(seen) = fake_provider::SEEN_VERIFIERS.lock() {
-        patterns.extend(seen.iter().filter(|v| v.len() >= 16).cloned());
-    }
-    patterns
-}
-
-/// Scans every captured log line (trace level, all daemons of this test binary so far) for
-/// secrets. Runs whenever a [`TestDaemon`] is dropped, so every in-process integration test is
-/// also a "no secret in the logs" test.
-pub fn assert_logs_hold_no_secret() {
-    let patterns = secret_patterns();
-    let Ok(searcher) = aho_corasick::AhoCorasick::new(&patterns) else { panic!("secret patterns") };
-    let logs = logs().lock().map(|l| l.clone()).unwrap_or_default();
-    if let Some(found) = searcher.find(&logs) {
-        let line_start = logs[..found.start()].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let before = String::from_utf8_lossy(&logs[line_start..found.start()]);
-        // Name the kind of secret and the log line up to it, never the secret itself.
-        let kind = &patterns[found.pattern().as_usize()];
-        let kind: String = kind.chars().take(8).collect();
-        panic!("a secret ({kind}…) appeared in a log line: {before}<secret>");
-    }
-}
 
 /// A daemon under test.
 pub struct TestDaemon {
@@ -106,6 +34,8 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub clock: Option<ManualClock>,
     pub config: Config,
+    /// The runtime of the test that started it: whose log lines its drop scans.
+    runtime: Option<tokio::runtime::Id>,
 }
 
 /// The test configuration: temp data dir, port 0, three callers.
@@ -137,13 +67,11 @@ impl TestDaemon {
 
     /// Starts a daemon with a config tweak and, optionally, a manual clock.
     pub async fn start_with(tweak: impl FnOnce(&mut Config), clock: Option<ManualClock>) -> TestDaemon {
-        install_log_capture();
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         tweak(&mut config);
         let daemon = start_daemon(&config, clock.clone()).await.expect("daemon starts");
-        TestDaemon { daemon: Some(daemon), dir, clock, config }
+        TestDaemon { daemon: Some(daemon), dir, clock, config, runtime: logs::current_runtime() }
     }
 
     pub fn daemon(&self) -> &Daemon {
@@ -168,7 +96,7 @@ impl TestDaemon {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         if !std::thread::panicking() {
-            assert_logs_hold_no_secret();
+            logs::assert_logs_hold_no_secret(self.runtime);
         }
     }
 }
@@ -191,7 +119,10 @@ impl TestDaemon {
     }
 }
 
+/// Starts a daemon in-process (log capture and crypto provider installed first).
 pub async fn start_daemon(config: &Config, clock: Option<ManualClock>) -> Result<Daemon, tokend::daemon::StartError> {
+    logs::install_log_capture();
+    install_crypto_provider();
     let clock: Arc<dyn Clock> = match clock {
         Some(c) => Arc::new(c),
         None => Arc::new(SystemClock),
@@ -199,24 +130,13 @@ pub async fn start_daemon(config: &Config, clock: Option<ManualClock>) -> Result
     Daemon::start(config.clone(), StartOptions { clock, jitter: Arc::new(FixedJitter(0.5)), env_key: None }).await
 }
 
-/// Adds `authorization: Bearer <token>` (nothing for an empty token).
-#[derive(Clone)]
-pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub type AppsClient = ConnectedAppsClient<Authed>;
+pub type TokensApi = TokensClient<Authed>;
+pub type MaintenanceApi = MaintenanceClient<Authed>;
 
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-pub type AppsClient = ConnectedAppsClient<InterceptedService<Channel, Auth>>;
-pub type TokensApi = TokensClient<InterceptedService<Channel, Auth>>;
-pub type MaintenanceApi = MaintenanceClient<InterceptedService<Channel, Auth>>;
-
-fn auth(token: &str) -> Auth {
-    Auth((!token.is_empty()).then(|| format!("Bearer {token}").parse().expect("ascii token")))
+/// The interceptor for `token` (an empty token: a client without credentials).
+pub fn bearer(token: &str) -> Bearer {
+    Bearer::new(token).expect("ASCII bearer token")
 }
 
 async fn channel(addr: std::net::SocketAddr) -> Channel {
@@ -224,15 +144,22 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
 }
 
 pub async fn apps_client(addr: std::net::SocketAddr, token: &str) -> AppsClient {
-    ConnectedAppsClient::with_interceptor(channel(addr).await, auth(token))
+    ConnectedAppsClient::with_interceptor(channel(addr).await, bearer(token))
 }
 
 pub async fn tokens_client(addr: std::net::SocketAddr, token: &str) -> TokensApi {
-    TokensClient::with_interceptor(channel(addr).await, auth(token))
+    TokensClient::with_interceptor(channel(addr).await, bearer(token))
 }
 
 pub async fn maintenance_client(addr: std::net::SocketAddr, token: &str) -> MaintenanceApi {
-    MaintenanceClient::with_interceptor(channel(addr).await, auth(token))
+    MaintenanceClient::with_interceptor(channel(addr).await, bearer(token))
+}
+
+/// Installs ring as the process's rustls crypto provider, as the binaries do at start. Whatever
+/// builds a TLS configuration calls it, so no test relies on another having done it first.
+pub fn install_crypto_provider() {
+    // An error means a provider is installed already: ring too, as nothing else installs one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A profile pointing at the fake provider.

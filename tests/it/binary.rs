@@ -1,6 +1,4 @@
 //! The `tokend` binary as operators meet it: exit codes, chores as subcommands.
-// Test code: a failed step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 

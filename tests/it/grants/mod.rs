@@ -1,23 +1,17 @@
 //! Every way to connect: device authorization (RFC 8628) and client credentials, against the
 //! fake provider; issuer discovery, egress (CA bundle, deny-list) and refresh-token lifetimes
 //! in the modules below.
-// Test code: a failed step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
-#[path = "grants/discovery.rs"]
 mod discovery;
-#[path = "grants/egress.rs"]
 mod egress;
-#[path = "grants/lifetimes.rs"]
 mod lifetimes;
 
 use std::time::Duration;
 
-use support::*;
 use tokend::api::pb;
 use tonic::Code;
+
+use crate::support::*;
 
 fn device_profile(name: &str, provider: &FakeProvider) -> pb::Profile {
     pb::Profile {

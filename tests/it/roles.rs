@@ -2,15 +2,13 @@
 //! Admins may do everything; viewers read the table but never get tokens; consumers get tokens
 //! of the profiles their patterns allow and nothing else; a missing or wrong token gets
 //! UNAUTHENTICATED everywhere. No reply carries a client secret.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
 
 use std::fmt;
 
-use support::*;
 use tokend::api::pb;
 use tonic::Code;
+
+use crate::support::*;
 
 /// Who calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,11 +179,12 @@ async fn call(daemon: &TestDaemon, provider: &FakeProvider, who: Who, rpc: Rpc) 
     Ok(())
 }
 
+/// Every RPC called by every kind of caller gets exactly the answer its role allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_by_every_role() {
     let provider = FakeProvider::start().await;
     // 32 refused calls come from this one address; the failed-authentication limit per peer
-    // (tested in tests/request_layer.rs) would block it half-way.
+    // (tested in request_layer.rs) would block it half-way.
     let daemon = TestDaemon::start_with(|c| c.grpc.auth_limit.max_failures = 0, None).await;
     let mut apps = daemon.apps(ADMIN).await;
     create_and_connect(&mut apps, "mail-a", &provider).await;

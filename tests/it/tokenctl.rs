@@ -1,19 +1,13 @@
 //! The `tokenctl` binary as an admin or a script meets it, against the real daemon in-process and
 //! the fake provider: the consent round trip, tokens on stdout, JSON output and exit codes.
 
-// Test helpers: a failed setup step should panic with its message, like a failed assertion.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-// Shared with tests/daemon.rs, which uses the re-exports this binary does not.
-#[allow(unused_imports)]
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use support::*;
 use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::support::*;
 
 /// `tokenctl` aimed at `addr` with `token`, the environment cleared of TOKEND_*.
 fn tokenctl_at(addr: &str, token: &str) -> Command {

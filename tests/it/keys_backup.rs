@@ -3,15 +3,13 @@
 //! being served, the old key can then leave the configuration (and a reload that drops a key
 //! still in use is refused); a backup streamed from the running daemon restores into an empty
 //! directory and serves the same tokens.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
 
 use std::collections::HashMap;
 
-use support::{ADMIN, CONSUMER, FakeProvider, TestDaemon, VIEWER};
 use tokend::api::pb;
 use tonic::Code;
+
+use crate::support::{self, ADMIN, CONSUMER, FakeProvider, TestDaemon, VIEWER};
 
 fn usage(reply: &pb::RotateKeysResponse) -> HashMap<String, u64> {
     reply.keys.iter().map(|k| (k.key_id.clone(), k.sealed_values)).collect()
@@ -23,6 +21,8 @@ fn write_key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     path
 }
 
+/// A new key loaded on reload takes over every sealed value through `RotateKeys` (admins only)
+/// while tokens, refreshes and a pending consent keep working; the old key may leave only then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_keys_in_the_running_daemon() {
     let provider = FakeProvider::start().await;
@@ -107,6 +107,8 @@ async fn rotate_keys_in_the_running_daemon() {
     daemon.stop().await;
 }
 
+/// A backup streamed from the running daemon holds whole sealed lines and restores into an
+/// empty directory that serves the same profiles and the same token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_backup_restores_into_an_empty_directory() {
     let provider = FakeProvider::start().await;

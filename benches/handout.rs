@@ -239,13 +239,13 @@ async fn channel(addr: SocketAddr, tls_dir: Option<&Path>) -> Channel {
 
 /// A `Tokens` client of the consumer caller on its own connection.
 async fn tokens_client(addr: SocketAddr, tls_dir: Option<&Path>) -> TokensApi {
-    TokensClient::with_interceptor(channel(addr, tls_dir).await, support::Bearer::new(CONSUMER))
+    TokensClient::with_interceptor(channel(addr, tls_dir).await, support::bearer(CONSUMER))
         .max_decoding_message_size(4 * 1024 * 1024)
 }
 
 /// A `ConnectedApps` client of the admin caller on its own connection.
 async fn apps_client(addr: SocketAddr, tls_dir: Option<&Path>) -> AppsApi {
-    ConnectedAppsClient::with_interceptor(channel(addr, tls_dir).await, support::Bearer::new(ADMIN))
+    ConnectedAppsClient::with_interceptor(channel(addr, tls_dir).await, support::bearer(ADMIN))
 }
 
 /// Writes a fresh self-signed certificate for `localhost` and its key into `dir`.

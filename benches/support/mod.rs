@@ -97,7 +97,7 @@ pub type TokensApi = TokensClient<Authed>;
 pub type AppsApi = ConnectedAppsClient<Authed>;
 
 /// The interceptor for `token`.
-fn bearer(token: &str) -> Bearer {
+pub fn bearer(token: &str) -> Bearer {
     Bearer::new(token).expect("ASCII bearer token")
 }
 

@@ -10,6 +10,11 @@ use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod error;
+mod validate;
+
+pub use error::ConfigError;
+
 /// The whole configuration. Every key, its default and its environment name are listed in the
 /// README's configuration reference.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -397,11 +402,6 @@ impl Default for LogConfig {
     }
 }
 
-/// A configuration that cannot be used; the message names the key.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
-
 impl Config {
     /// Loads defaults, then `file` (if given), then `TOKEND_*` environment variables, then
     /// `overrides` (flags), and validates the result.
@@ -409,7 +409,7 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError::File { path: path.to_owned(), reason: "does not exist".into() });
             }
             figment = figment.merge(Toml::file_exact(path));
         }
@@ -418,127 +418,19 @@ impl Config {
         for (key, value) in overrides {
             figment = figment.merge(Serialized::default(key, value));
         }
-        let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
-        config.validate()?;
-        Ok(config)
+        Self::extract(&figment)
     }
 
     /// Parses and validates a TOML configuration text alone (no environment, no flags); for
     /// tools and fuzzing.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
-        let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
-        config.validate()?;
-        Ok(config)
+        Self::extract(&Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
     }
 
-    /// Checks values serde cannot: ranges, enums, cron syntax.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let r = &self.refresh;
-        let fail = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-        if !(0.0..=0.5).contains(&r.skew_ratio) {
-            return fail("refresh.skew_ratio", "must be between 0 and 0.5");
-        }
-        if !(0.0..=1.0).contains(&r.jitter_ratio) {
-            return fail("refresh.jitter_ratio", "must be between 0 and 1");
-        }
-        if r.default_lifetime_secs == 0 {
-            return fail("refresh.default_lifetime_secs", "must be positive");
-        }
-        if !r.provider_rate_per_sec.is_finite() || r.provider_rate_per_sec <= 0.0 || r.provider_burst == 0 {
-            return fail("refresh.provider_rate_per_sec", "rate and refresh.provider_burst must be positive");
-        }
-        if r.max_concurrent == 0 {
-            return fail("refresh.max_concurrent", "must be positive");
-        }
-        if r.backoff_initial_secs == 0 || r.backoff_max_secs < r.backoff_initial_secs {
-            return fail("refresh.backoff_*", "need 0 < backoff_initial_secs <= backoff_max_secs");
-        }
-        if r.sweep_cron.split_whitespace().count() != 6 {
-            return fail("refresh.sweep_cron", "needs six fields (seconds first), e.g. \"*/10 * * * * *\"");
-        }
-        if !["auto", "text", "json"].contains(&self.log.format.as_str()) {
-            return fail("log.format", "must be auto, text or json");
-        }
-        if self.audit.handout_interval_secs == 0 {
-            return fail("audit.handout_interval_secs", "must be positive");
-        }
-        if self.provider.soft_timeout_secs == 0 || self.provider.soft_timeout_secs > self.provider.request_timeout_secs
-        {
-            return fail("provider.soft_timeout_secs", "must be positive and at most provider.request_timeout_secs");
-        }
-        crate::provider::DenyList::parse(&self.provider.deny_networks)
-            .map_err(|e| ConfigError(format!("provider.deny_networks: {e}")))?;
-        if self.consent.ttl_secs == 0 {
-            return fail("consent.ttl_secs", "must be positive");
-        }
-        if !self.grpc.listen.ip().is_loopback() && !self.grpc.tls.enabled() && !self.grpc.allow_insecure_non_loopback {
-            return fail(
-                "grpc.listen",
-                "plain TCP on a non-loopback address; configure grpc.tls, or set grpc.allow_insecure_non_loopback = true to accept that risk",
-            );
-        }
-        let tls = &self.grpc.tls;
-        if tls.enabled() && tls.key_file.as_os_str().is_empty() {
-            return fail("grpc.tls.key_file", "required with grpc.tls.cert_file");
-        }
-        let tls_parts_without_cert = !tls.key_file.as_os_str().is_empty() || !tls.client_ca_file.as_os_str().is_empty();
-        if !tls.enabled() && tls_parts_without_cert {
-            return fail("grpc.tls.cert_file", "required with grpc.tls.key_file or grpc.tls.client_ca_file");
-        }
-        let limit = &self.grpc.auth_limit;
-        if limit.max_failures > 0 && (limit.window_secs == 0 || limit.block_secs == 0 || limit.max_peers == 0) {
-            return fail("grpc.auth_limit", "window_secs, block_secs and max_peers must be positive");
-        }
-        if self.grpc.unix_socket_mode > 0o777 {
-            return fail("grpc.unix_socket_mode", "must be a file mode such as 0o660");
-        }
-        if !self.http.callback_url.is_empty() {
-            crate::provider::parse_endpoint("http.callback_url", &self.http.callback_url, true).map_err(ConfigError)?;
-        }
-        for (i, declared) in self.profiles.iter().enumerate() {
-            if !["", "authorization_code", "device_code", "client_credentials"].contains(&declared.grant.as_str()) {
-                return fail(
-                    &format!("profiles[{i}].grant"),
-                    "must be authorization_code, device_code or client_credentials",
-                );
-            }
-            if !["", "client_secret_basic", "client_secret_post", "none"]
-                .contains(&declared.token_endpoint_auth_method.as_str())
-            {
-                return fail(
-                    &format!("profiles[{i}].token_endpoint_auth_method"),
-                    "must be client_secret_basic, client_secret_post or none",
-                );
-            }
-            if self.profiles[..i].iter().any(|p| p.name == declared.name) {
-                return fail(&format!("profiles[{i}].name"), "declared twice");
-            }
-        }
-        for (i, caller) in self.callers.iter().enumerate() {
-            if !["admin", "viewer", "consumer"].contains(&caller.role.as_str()) {
-                return fail(&format!("callers[{i}].role"), "must be admin, viewer or consumer");
-            }
-            let has_token = !caller.token_sha256.is_empty();
-            if has_token
-                && (caller.token_sha256.len() != 64 || !caller.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
-            {
-                return fail(&format!("callers[{i}].token_sha256"), "must be 64 hex digits (SHA-256)");
-            }
-            if !has_token && caller.cert_dns_name.is_empty() && caller.unix_uid.is_none() {
-                return fail(&format!("callers[{i}]"), "needs token_sha256, cert_dns_name or unix_uid");
-            }
-            if !caller.cert_dns_name.is_empty() && self.grpc.tls.client_ca_file.as_os_str().is_empty() {
-                return fail(&format!("callers[{i}].cert_dns_name"), "needs grpc.tls.client_ca_file");
-            }
-            if caller.unix_uid.is_some() && self.grpc.unix_socket.as_os_str().is_empty() {
-                return fail(&format!("callers[{i}].unix_uid"), "needs grpc.unix_socket");
-            }
-            for pattern in &caller.profiles {
-                globset::Glob::new(pattern).map_err(|e| ConfigError(format!("callers[{i}].profiles: {e}")))?;
-            }
-        }
-        Ok(())
+    fn extract(figment: &Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// The redirect URI profiles use by default.
@@ -560,20 +452,6 @@ impl Config {
     }
 }
 
-fn describe(e: &figment::Error) -> String {
-    let mut parts = Vec::new();
-    for err in e.clone() {
-        let key = err.path.join(".");
-        let origin = err.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
-        parts.push(if key.is_empty() {
-            format!("{} ({origin})", err.kind)
-        } else {
-            format!("{key}: {} ({origin})", err.kind)
-        });
-    }
-    parts.join("; ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,20 +464,47 @@ mod tests {
         assert_eq!(config.callback_url(), "http://127.0.0.1:8085/oauth/callback");
     }
 
-    /// A bad value is reported with its key.
+    /// The key of the error, by variant.
+    fn rejected_key(text: &str) -> (String, ConfigError) {
+        let err = Config::from_toml_str(text).unwrap_err();
+        (err.key().unwrap_or_default().to_owned(), err)
+    }
+
+    /// Every error names the key and says why; callers can match on the kind of problem.
     #[test]
     fn errors_name_the_key() {
+        let (key, err) = rejected_key("[refresh]\nskew_ratio = 0.9\n");
+        assert!(matches!(err, ConfigError::Rejected { .. }) && key == "refresh.skew_ratio", "{err}");
+        let (key, err) = rejected_key("[grpc]\nlisten = \"nope\"\n");
+        assert!(matches!(err, ConfigError::Invalid { .. }) && key == "grpc.listen", "{err}");
+        assert!(err.to_string().contains("grpc.listen: "), "{err}");
+        let (key, err) = rejected_key("bogus = 1\n");
+        assert!(matches!(&err, ConfigError::UnknownKey { expected, .. } if expected.contains(&"data_dir".to_owned())));
+        assert_eq!(key, "bogus");
+        let (key, err) = rejected_key("[grpc]\nlistne = \"127.0.0.1:1\"\n");
+        assert!(matches!(err, ConfigError::UnknownKey { .. }) && key == "grpc.listne", "{err}");
+    }
+
+    /// Keys inside lists read as in the README (`callers[2].unix_uid`).
+    #[test]
+    fn list_keys_carry_the_index() {
+        let caller = |uid: &str| format!("[[callers]]\nname = \"a\"\nrole = \"admin\"\nunix_uid = {uid}\n");
+        let text = format!("[grpc]\nunix_socket = \"/s\"\n{}{}{}", caller("1"), caller("2"), caller("\"x\""));
+        let (key, err) = rejected_key(&text);
+        assert_eq!(key, "callers[2].unix_uid", "{err}");
+        assert!(err.to_string().contains("callers[2].unix_uid: "), "{err}");
+    }
+
+    /// A missing or broken file is a file error naming the file.
+    #[test]
+    fn file_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("t.toml");
-        std::fs::write(&file, "[refresh]\nskew_ratio = 0.9\n").unwrap();
-        let err = Config::load(Some(&file), &[]).unwrap_err().to_string();
-        assert!(err.contains("refresh.skew_ratio"), "{err}");
-        std::fs::write(&file, "[grpc]\nlisten = \"nope\"\n").unwrap();
-        let err = Config::load(Some(&file), &[]).unwrap_err().to_string();
-        assert!(err.contains("grpc.listen"), "{err}");
-        std::fs::write(&file, "bogus = 1\n").unwrap();
-        let err = Config::load(Some(&file), &[]).unwrap_err().to_string();
-        assert!(err.contains("bogus"), "{err}");
+        let missing = dir.path().join("missing.toml");
+        assert!(matches!(Config::load(Some(&missing), &[]), Err(ConfigError::File { path, .. }) if path == missing));
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, "[grpc\n").unwrap();
+        let err = Config::load(Some(&broken), &[]).unwrap_err();
+        assert!(matches!(&err, ConfigError::File { path, .. } if *path == broken), "{err}");
     }
 
     /// Flags win over the file.

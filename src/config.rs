@@ -1,15 +1,16 @@
 //! Configuration: one typed struct from layered sources — embedded defaults (zero config works),
 //! then the TOML file, then `TOKEND_*` environment variables (`__` separates sections, e.g.
-//! `TOKEND_GRPC__LISTEN`), then command-line flags. Validated once at start with messages that
-//! name the key.
+//! `TOKEND_GRPC__LISTEN`; see [`env`] for which variables are configuration), then command-line
+//! flags. Validated once at start with messages that name the key.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use figment::Figment;
-use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::providers::{Format as _, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub mod env;
 mod error;
 mod validate;
 
@@ -413,8 +414,9 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        // TOKEND_KEY is the key itself, not a config key; TOKEND_CONFIG names the file.
-        figment = figment.merge(Env::prefixed("TOKEND_").split("__").ignore(&["KEY", "CONFIG", "LOG"]));
+        // Only `TOKEND_<SECTION>__<KEY>` and the top-level keys: the rest of the prefix belongs
+        // to tokenctl, workers, and tokend's own TOKEND_KEY / TOKEND_CONFIG / TOKEND_LOG.
+        figment = figment.merge(env::source());
         for (key, value) in overrides {
             figment = figment.merge(Serialized::default(key, value));
         }

@@ -1,0 +1,79 @@
+//! The `tokend` binary and its environment: which `TOKEND_*` variables are configuration.
+//! Self-contained (no `mod support`): it drives the built binary the way an operator does.
+// Test code: a failed step should panic with its message, like a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The built `tokend`, with every `TOKEND_*` variable of the test's own environment removed so
+/// that only what a test sets is seen.
+fn tokend() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tokend"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().to_ascii_uppercase().starts_with("TOKEND_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `check-config` on a fresh data directory with `extra` variables set.
+fn check_config(data_dir: &Path, extra: &[(&str, &str)]) -> Output {
+    let mut command = tokend();
+    command.arg("--data-dir").arg(data_dir).arg("check-config");
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+/// The variables an admin exports for `tokenctl` (README) and for `examples/worker.rs` are not
+/// tokend configuration: tokend starts in the same shell.
+#[test]
+fn tokenctl_environment_is_not_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_config(
+        dir.path(),
+        &[
+            ("TOKEND_ADDR", "http://127.0.0.1:50051"),
+            ("TOKEND_TOKEN", "a-bearer-token"),
+            ("TOKEND_TOKEN_FILE", "/run/secrets/tokend-token"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("a-bearer-token"), "{text}");
+}
+
+/// Section variables and the documented top-level names are still configuration.
+#[test]
+fn configuration_variables_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_config(
+        dir.path(),
+        &[("TOKEND_GRPC__LISTEN", "127.0.0.1:50999"), ("TOKEND_PRUNE_PROFILES", "true"), ("TOKEND_TOKEN", "x")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"127.0.0.1:50999\""), "{text}");
+    assert!(text.contains("prune_profiles = true"), "{text}");
+    let out = tokend().env("TOKEND_DATA_DIR", dir.path().join("d")).arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{}", dir.path().join("d").display())));
+}
+
+/// A misspelled configuration variable is still refused (exit 78), naming the key and the
+/// variable it came from.
+#[test]
+fn misspelled_configuration_variable_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_config(dir.path(), &[("TOKEND_GRPC__LISTNE", "127.0.0.1:1")]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(message.contains("grpc.listne") && message.contains("TOKEND_GRPC__LISTNE"), "{message}");
+}

@@ -10,10 +10,12 @@ use figment::Figment;
 use figment::providers::{Format as _, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+mod choices;
 pub mod env;
 mod error;
 mod validate;
 
+pub use choices::{AuthMethod, Grant, LogFormat, Role, UnknownChoice};
 pub use error::ConfigError;
 
 /// The whole configuration. Every key, its default and its environment name are listed in the
@@ -62,8 +64,10 @@ pub struct DeclaredProfile {
     pub description: String,
     /// Preset id.
     pub provider: String,
-    /// `authorization_code` (default), `device_code` or `client_credentials`.
-    pub grant: String,
+    /// `authorization_code`, `device_code` or `client_credentials`; unset (`""`):
+    /// `authorization_code`.
+    #[serde(with = "choices::empty_is_unset")]
+    pub grant: Option<Grant>,
     /// OAuth client id.
     pub client_id: String,
     /// A file holding the client secret (a Kubernetes Secret mount); read at every reconcile.
@@ -80,8 +84,9 @@ pub struct DeclaredProfile {
     pub device_authorization_endpoint: String,
     /// Redirect URI registered with the provider.
     pub redirect_uri: String,
-    /// `client_secret_basic`, `client_secret_post` or `none` (default: the preset's).
-    pub token_endpoint_auth_method: String,
+    /// `client_secret_basic`, `client_secret_post` or `none`; unset (`""`): the preset's.
+    #[serde(with = "choices::empty_is_unset")]
+    pub token_endpoint_auth_method: Option<AuthMethod>,
     /// Extra authorization URL parameters.
     pub extra_authorization_params: std::collections::BTreeMap<String, String>,
     /// Preset options, e.g. `tenant`.
@@ -255,7 +260,7 @@ pub struct ConsentConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `tokend=debug`. `RUST_LOG` overrides it.
     pub level: String,
 }
@@ -296,7 +301,7 @@ pub struct CallerConfig {
     /// Who this is, for logs and audit.
     pub name: String,
     /// `admin`, `viewer` or `consumer`.
-    pub role: String,
+    pub role: Role,
     /// Hex SHA-256 of the caller's bearer token (`tokend mint-token` prints it).
     #[serde(default)]
     pub token_sha256: String,
@@ -399,7 +404,7 @@ impl Default for ConsentConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: "auto".into(), level: "info".into() }
+        Self { format: LogFormat::Auto, level: "info".into() }
     }
 }
 
@@ -495,6 +500,47 @@ mod tests {
         let (key, err) = rejected_key(&text);
         assert_eq!(key, "callers[2].unix_uid", "{err}");
         assert!(err.to_string().contains("callers[2].unix_uid: "), "{err}");
+    }
+
+    /// An unknown value of an enumerated setting names the key and lists the accepted values.
+    #[test]
+    fn unknown_choices_list_the_values() {
+        let caller = |role: &str| {
+            format!("[[callers]]\nname = \"a\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n", "0".repeat(64))
+        };
+        let text = format!("{}{}{}", caller("admin"), caller("viewer"), caller("root"));
+        let err = Config::from_toml_str(&text).unwrap_err();
+        let ConfigError::UnknownValue { key, value, expected, .. } = &err else { panic!("{err}") };
+        assert_eq!((key.as_str(), value.as_str()), ("callers[2].role", "root"));
+        assert_eq!(expected, &["admin", "viewer", "consumer"]);
+        assert!(err.to_string().contains("admin, viewer, consumer"), "{err}");
+        let err = Config::from_toml_str("[log]\nformat = \"yaml\"\n").unwrap_err();
+        assert!(matches!(&err, ConfigError::UnknownValue { key, .. } if key == "log.format"), "{err}");
+        let err = Config::from_toml_str("[[profiles]]\nname = \"p\"\ngrant = \"implicit\"\n").unwrap_err();
+        assert!(matches!(&err, ConfigError::UnknownValue { key, .. } if key == "profiles[0].grant"), "{err}");
+        let err =
+            Config::from_toml_str("[[profiles]]\nname = \"p\"\ntoken_endpoint_auth_method = \"jwt\"\n").unwrap_err();
+        assert!(err.to_string().contains("client_secret_basic, client_secret_post, none"), "{err}");
+    }
+
+    /// Enumerated settings read and print with the same spelling as before they were enums;
+    /// an unset grant or method is still written `""`.
+    #[test]
+    fn choices_round_trip_in_the_old_spelling() {
+        let text = "[log]\nformat = \"json\"\n\n[[profiles]]\nname = \"a\"\ngrant = \"device_code\"\n\
+                    token_endpoint_auth_method = \"none\"\n\n[[profiles]]\nname = \"b\"\ngrant = \"\"\n";
+        let config = Config::from_toml_str(text).unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.profiles[0].grant, Some(Grant::DeviceCode));
+        assert_eq!(config.profiles[0].token_endpoint_auth_method, Some(AuthMethod::None));
+        assert_eq!((config.profiles[1].grant, config.profiles[1].token_endpoint_auth_method), (None, None));
+        let printed = toml::to_string_pretty(&config).unwrap();
+        for line in
+            ["format = \"json\"", "grant = \"device_code\"", "token_endpoint_auth_method = \"none\"", "grant = \"\""]
+        {
+            assert!(printed.contains(line), "{line} in\n{printed}");
+        }
+        assert_eq!(Config::from_toml_str(&printed).unwrap().profiles[1].grant, None);
     }
 
     /// A missing or broken file is a file error naming the file.

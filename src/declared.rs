@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::api::pb;
-use crate::config::{Config, DeclaredProfile};
+use crate::config::{AuthMethod, Config, DeclaredProfile, Grant};
 use crate::core::{Core, CoreError};
 
 /// What a reconcile did.
@@ -35,16 +35,18 @@ fn to_input(declared: &DeclaredProfile, index: usize) -> Result<pb::Profile, Cor
             .trim()
             .to_owned()
     };
-    let grant = match declared.grant.as_str() {
-        "device_code" => pb::Grant::DeviceCode,
-        "client_credentials" => pb::Grant::ClientCredentials,
-        _ => pb::Grant::AuthorizationCode,
+    // Unset grant: authorization code, as documented for declared profiles; unset method: the
+    // preset's (the API's "unspecified").
+    let grant = match declared.grant.unwrap_or_default() {
+        Grant::AuthorizationCode => pb::Grant::AuthorizationCode,
+        Grant::DeviceCode => pb::Grant::DeviceCode,
+        Grant::ClientCredentials => pb::Grant::ClientCredentials,
     };
-    let auth_method = match declared.token_endpoint_auth_method.as_str() {
-        "client_secret_basic" => pb::TokenEndpointAuthMethod::ClientSecretBasic,
-        "client_secret_post" => pb::TokenEndpointAuthMethod::ClientSecretPost,
-        "none" => pb::TokenEndpointAuthMethod::None,
-        _ => pb::TokenEndpointAuthMethod::Unspecified,
+    let auth_method = match declared.token_endpoint_auth_method {
+        Some(AuthMethod::ClientSecretBasic) => pb::TokenEndpointAuthMethod::ClientSecretBasic,
+        Some(AuthMethod::ClientSecretPost) => pb::TokenEndpointAuthMethod::ClientSecretPost,
+        Some(AuthMethod::None) => pb::TokenEndpointAuthMethod::None,
+        None => pb::TokenEndpointAuthMethod::Unspecified,
     };
     Ok(pb::Profile {
         name: declared.name.clone(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokend::config::Config;
+use tokend::config::{Config, LogFormat, Role};
 use tokend::daemon::{Daemon, StartOptions};
 
 /// Keeps OAuth 2.0 tokens for connected apps valid and hands them out over gRPC.
@@ -23,9 +23,9 @@ struct Cli {
     /// HTTP listen address (OAuth callback, health, metrics).
     #[arg(long, global = true)]
     http_listen: Option<String>,
-    /// Log format: auto, text or json.
-    #[arg(long, global = true)]
-    log_format: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -58,9 +58,9 @@ enum Command {
     },
     /// Print a new caller bearer token and the config line holding its hash.
     MintToken {
-        /// admin, viewer or consumer.
-        #[arg(long, default_value = "consumer")]
-        role: String,
+        /// The caller's role.
+        #[arg(long, value_enum, default_value_t = Role::Consumer)]
+        role: Role,
         /// Caller name.
         #[arg(long)]
         name: String,
@@ -82,7 +82,7 @@ fn load_config(cli: &Cli) -> Result<Config, tokend::config::ConfigError> {
         overrides.push(("http.listen", listen.clone()));
     }
     if let Some(format) = &cli.log_format {
-        overrides.push(("log.format", format.clone()));
+        overrides.push(("log.format", format.to_string()));
     }
     Config::load(cli.config.as_deref(), &overrides)
 }
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
             let hash = tokend::grpc::auth::hash_token(&token);
             println!("token (shown once; give it to the caller): {token}");
             println!(
-                "config:\n[[callers]]\nname = {name:?}\nrole = {role:?}\ntoken_sha256 = {hash:?}\nprofiles = {profiles:?}"
+                "config:\n[[callers]]\nname = {name:?}\nrole = \"{role}\"\ntoken_sha256 = {hash:?}\nprofiles = {profiles:?}"
             );
             return ExitCode::SUCCESS;
         }
@@ -142,7 +142,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    tokend::telemetry::init(&config.log.format, &config.log.level);
+    tokend::telemetry::init(config.log.format, &config.log.level);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -333,7 +333,7 @@ fn caller_configs(config: &Config) -> Result<Vec<CallerConfig>, StartError> {
     }
     Ok(vec![CallerConfig {
         name: "generated-admin".into(),
-        role: "admin".into(),
+        role: crate::config::Role::Admin,
         token_sha256: bootstrap::generated_admin(config)?,
         cert_dns_name: String::new(),
         unix_uid: None,

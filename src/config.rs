@@ -351,6 +351,23 @@ impl Default for GrpcConfig {
     }
 }
 
+impl HttpConfig {
+    /// The path of the OAuth callback on the HTTP listener.
+    pub const CALLBACK_PATH: &str = "/oauth/callback";
+
+    /// The redirect URI profiles use unless they name their own: `callback_url` when set (a
+    /// proxy or ingress in front of tokend), else `http://<bound>/oauth/callback`. `bound` is
+    /// the address the listener actually got, so port 0 (tests) yields a usable URL. The one
+    /// place this default is computed.
+    pub fn callback_url(&self, bound: SocketAddr) -> String {
+        if self.callback_url.is_empty() {
+            format!("http://{bound}{}", Self::CALLBACK_PATH)
+        } else {
+            self.callback_url.clone()
+        }
+    }
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         Self { listen: SocketAddr::from(([127, 0, 0, 1], 8085)), callback_url: String::new() }
@@ -440,13 +457,10 @@ impl Config {
         Ok(config)
     }
 
-    /// The redirect URI profiles use by default.
+    /// The redirect URI profiles use by default, for the configured HTTP address (the daemon
+    /// uses the address it bound: [`HttpConfig::callback_url`]).
     pub fn callback_url(&self) -> String {
-        if self.http.callback_url.is_empty() {
-            format!("http://{}/oauth/callback", self.http.listen)
-        } else {
-            self.http.callback_url.clone()
-        }
+        self.http.callback_url(self.http.listen)
     }
 
     /// The key file in use.
@@ -553,6 +567,17 @@ mod tests {
         std::fs::write(&broken, "[grpc\n").unwrap();
         let err = Config::load(Some(&broken), &[]).unwrap_err();
         assert!(matches!(&err, ConfigError::File { path, .. } if *path == broken), "{err}");
+    }
+
+    /// The default callback URL follows the bound address; a configured one wins.
+    #[test]
+    fn callback_url_defaults_to_the_bound_address() {
+        let mut http = HttpConfig::default();
+        let bound: SocketAddr = "127.0.0.1:40123".parse().unwrap();
+        assert_eq!(http.callback_url(bound), "http://127.0.0.1:40123/oauth/callback");
+        assert_eq!(http.callback_url("[::1]:8085".parse().unwrap()), "http://[::1]:8085/oauth/callback");
+        http.callback_url = "https://tokend.example.internal/oauth/callback".into();
+        assert_eq!(http.callback_url(bound), "https://tokend.example.internal/oauth/callback");
     }
 
     /// Flags win over the file.

@@ -345,11 +345,7 @@ fn caller_configs(config: &Config) -> Result<Vec<CallerConfig>, StartError> {
 fn core_settings(config: &Config, http_addr: SocketAddr) -> CoreSettings {
     let r = &config.refresh;
     CoreSettings {
-        callback_url: if config.http.callback_url.is_empty() {
-            format!("http://{http_addr}/oauth/callback")
-        } else {
-            config.http.callback_url.clone()
-        },
+        callback_url: config.http.callback_url(http_addr),
         allow_insecure_http: config.provider.allow_insecure_http,
         consent_ttl: Duration::from_secs(config.consent.ttl_secs),
         refresh: RefreshPolicy {

@@ -5,6 +5,7 @@
 //! ([`encode_line`]).
 
 use std::io::{BufRead, Write};
+use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -60,6 +61,25 @@ pub fn export(config: &Config, out: &mut dyn Write) -> Result<usize, StartError>
     }
     out.flush().map_err(|e| StartError::Data(format!("writing the backup: {e}")))?;
     Ok(count)
+}
+
+/// `tokend export`: writes the backup of the store in `config.data_dir` to the file `output`,
+/// or to standard output when there is none; returns how many entries.
+pub fn export_file(config: &Config, output: Option<&Path>) -> Result<usize, StartError> {
+    match output {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|e| StartError::Data(format!("{}: {e}", path.display())))?;
+            export(config, &mut std::io::BufWriter::new(file))
+        }
+        None => export(config, &mut std::io::stdout().lock()),
+    }
+}
+
+/// `tokend import`: restores the backup in the file `input` into the (empty) store in
+/// `config.data_dir`, as [`import`] does; returns how many entries.
+pub fn import_file(config: &Config, input: &Path) -> Result<usize, StartError> {
+    let file = std::fs::File::open(input).map_err(|e| StartError::Data(format!("{}: {e}", input.display())))?;
+    import(config, &mut std::io::BufReader::new(file))
 }
 
 /// Loads a backup into the (empty) store in `config.data_dir`; returns how many entries. The

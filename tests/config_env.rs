@@ -1,5 +1,6 @@
-//! The `tokend` binary and its environment: which `TOKEND_*` variables are configuration.
-//! Self-contained (no `mod support`): it drives the built binary the way an operator does.
+//! The `tokend` binary and its environment: which `TOKEND_*` variables are configuration, and
+//! how `tokend export` writes its file. Self-contained (no `mod support`): it drives the built
+//! binary the way an operator does.
 // Test code: a failed step should panic with its message, like a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -76,4 +77,45 @@ fn misspelled_configuration_variable_is_an_error() {
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     let message = stderr(&out);
     assert!(message.contains("grpc.listne") && message.contains("TOKEND_GRPC__LISTNE"), "{message}");
+}
+
+/// `tokend export --output F` refuses an existing file and leaves it as it was.
+#[test]
+fn export_refuses_an_existing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("backup.jsonl");
+    std::fs::write(&output, "precious\n").unwrap();
+    let out = tokend()
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("export")
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "precious\n");
+}
+
+/// `tokend export --output F` creates F readable by its owner only (the backup holds sealed
+/// secrets and the names of every connected app).
+#[cfg(unix)]
+#[test]
+fn export_file_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("backup.jsonl");
+    let out = tokend()
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("export")
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mode = std::fs::metadata(&output).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "mode {mode:o}");
+    assert!(!dir.path().join("backup.jsonl.partial").exists());
 }

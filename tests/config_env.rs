@@ -119,3 +119,55 @@ fn export_file_is_private() {
     assert_eq!(mode, 0o600, "mode {mode:o}");
     assert!(!dir.path().join("backup.jsonl.partial").exists());
 }
+
+/// Waits up to `secs` for `child` to exit; kills it and returns `None` if it does not.
+fn exit_within(child: &mut std::process::Child, secs: u64) -> Option<std::process::ExitStatus> {
+    for _ in 0..secs * 50 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// `serve` on a fresh data directory, both listeners on port 0, with `key` in `TOKEND_KEY`.
+fn serve_with_key(data_dir: &Path, key: &str) -> std::process::Child {
+    tokend()
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .env("TOKEND_KEY", key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `TOKEND_KEY` holds the key itself and wins over any key file (README, SECURITY.md): a bad
+/// one stops tokend at start (exit 65 naming it), and with a good one no key file is generated.
+#[test]
+fn tokend_key_from_the_environment_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = serve_with_key(&dir.path().join("bad"), "not a key");
+    let status = exit_within(&mut child, 10).expect("a bad TOKEND_KEY must stop tokend at start");
+    let mut message = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut message).unwrap();
+    assert_eq!(status.code(), Some(65), "{message}");
+    assert!(message.contains("TOKEND_KEY"), "{message}");
+
+    let data = dir.path().join("good");
+    let mut child = serve_with_key(&data, tokend::crypto::generate_key_text().as_str());
+    for _ in 0..500 {
+        if data.join("admin.token").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(data.join("admin.token").exists(), "tokend did not start");
+    assert!(!data.join("tokend.key").exists(), "a key file was generated although TOKEND_KEY is set");
+}

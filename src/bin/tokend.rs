@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokend::config::{Config, ConfigError, LogFormat, Role};
 use tokend::daemon::{StartOptions, backup, signals};
+use zeroize::Zeroizing;
 
 /// Keeps OAuth 2.0 tokens for connected apps valid and hands them out over gRPC.
 #[derive(Debug, Parser)]
@@ -163,8 +164,12 @@ fn serve(config: Config, cli: Cli) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format_args!("starting the runtime: {e}"), 1),
     };
+    // The key itself, kept apart from the configuration (never printed by check-config); set
+    // but empty counts as unset.
+    let env_key = std::env::var("TOKEND_KEY").ok().filter(|key| !key.is_empty()).map(Zeroizing::new);
+    let options = StartOptions { env_key, ..Default::default() };
     let reload = move || load_config(&cli);
-    match runtime.block_on(signals::serve(config, StartOptions::default(), reload)) {
+    match runtime.block_on(signals::serve(config, options, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("cannot start: {e}");

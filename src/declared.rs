@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::api::pb;
-use crate::config::{AuthMethod, Config, DeclaredProfile, Grant};
+use crate::config::{Config, DeclaredProfile};
 use crate::core::{Core, CoreError};
 
 /// What a reconcile did.
@@ -37,17 +37,8 @@ fn to_input(declared: &DeclaredProfile, index: usize) -> Result<pb::Profile, Cor
     };
     // Unset grant: authorization code, as documented for declared profiles; unset method: the
     // preset's (the API's "unspecified").
-    let grant = match declared.grant.unwrap_or_default() {
-        Grant::AuthorizationCode => pb::Grant::AuthorizationCode,
-        Grant::DeviceCode => pb::Grant::DeviceCode,
-        Grant::ClientCredentials => pb::Grant::ClientCredentials,
-    };
-    let auth_method = match declared.token_endpoint_auth_method {
-        Some(AuthMethod::ClientSecretBasic) => pb::TokenEndpointAuthMethod::ClientSecretBasic,
-        Some(AuthMethod::ClientSecretPost) => pb::TokenEndpointAuthMethod::ClientSecretPost,
-        Some(AuthMethod::None) => pb::TokenEndpointAuthMethod::None,
-        None => pb::TokenEndpointAuthMethod::Unspecified,
-    };
+    let grant = pb::Grant::from(declared.grant.unwrap_or_default());
+    let auth_method = declared.token_endpoint_auth_method.map_or(pb::TokenEndpointAuthMethod::Unspecified, Into::into);
     Ok(pb::Profile {
         name: declared.name.clone(),
         description: declared.description.clone(),

@@ -10,6 +10,8 @@ use std::str::FromStr;
 use serde::de::{DeserializeOwned, IntoDeserializer as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::api::pb;
+
 /// How log lines are written (`log.format`, `--log-format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -37,9 +39,10 @@ pub enum Role {
     Consumer,
 }
 
-/// The OAuth grant of a declared profile (`profiles[].grant`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The OAuth grant of a declared profile (`profiles[].grant`, `tokenctl create --grant`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Grant {
     /// Browser consent with PKCE; the default.
     #[default]
@@ -51,9 +54,10 @@ pub enum Grant {
 }
 
 /// How a declared profile's client authenticates at the token endpoint
-/// (`profiles[].token_endpoint_auth_method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// (`profiles[].token_endpoint_auth_method`, `tokenctl create --auth-method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum AuthMethod {
     /// HTTP Basic with the client id and secret.
     ClientSecretBasic,
@@ -61,6 +65,26 @@ pub enum AuthMethod {
     ClientSecretPost,
     /// A public client: client id in the body, no secret.
     None,
+}
+
+impl From<Grant> for pb::Grant {
+    fn from(grant: Grant) -> Self {
+        match grant {
+            Grant::AuthorizationCode => Self::AuthorizationCode,
+            Grant::DeviceCode => Self::DeviceCode,
+            Grant::ClientCredentials => Self::ClientCredentials,
+        }
+    }
+}
+
+impl From<AuthMethod> for pb::TokenEndpointAuthMethod {
+    fn from(method: AuthMethod) -> Self {
+        match method {
+            AuthMethod::ClientSecretBasic => Self::ClientSecretBasic,
+            AuthMethod::ClientSecretPost => Self::ClientSecretPost,
+            AuthMethod::None => Self::None,
+        }
+    }
 }
 
 /// A value that is not one of a setting's values; the message lists the accepted ones.
@@ -147,9 +171,29 @@ mod tests {
             assert_eq!(flag.as_deref(), Some(role.to_string().as_str()));
             assert_eq!(role.to_string().parse::<Role>().as_ref(), Ok(role));
         }
+        for grant in Grant::value_variants() {
+            let flag = grant.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(flag.as_deref(), Some(grant.to_string().as_str()));
+        }
+        for method in AuthMethod::value_variants() {
+            let flag = method.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(flag.as_deref(), Some(method.to_string().as_str()));
+        }
         assert_eq!(Grant::ClientCredentials.to_string(), "client_credentials");
         assert_eq!(AuthMethod::ClientSecretPost.to_string(), "client_secret_post");
         assert_eq!(AuthMethod::None.to_string(), "none");
+    }
+
+    /// Each value maps to the API value of the same name.
+    #[test]
+    fn api_values_match() {
+        for grant in Grant::value_variants() {
+            assert_eq!(pb::Grant::from(*grant).as_str_name(), format!("GRANT_{}", grant.to_string().to_uppercase()));
+        }
+        for method in AuthMethod::value_variants() {
+            let name = format!("TOKEN_ENDPOINT_AUTH_METHOD_{}", method.to_string().to_uppercase());
+            assert_eq!(pb::TokenEndpointAuthMethod::from(*method).as_str_name(), name);
+        }
     }
 
     /// An unknown value lists the accepted ones.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use figment::Figment;
 use figment::providers::{Format as _, Serialized, Toml};
+use figment::value::{Dict, Value};
 use serde::{Deserialize, Serialize};
 
 mod choices;
@@ -439,10 +440,7 @@ impl Config {
         // Only `TOKEND_<SECTION>__<KEY>` and the top-level keys: the rest of the prefix belongs
         // to tokenctl, workers, and tokend's own TOKEND_KEY / TOKEND_CONFIG / TOKEND_LOG.
         figment = figment.merge(env::source());
-        for (key, value) in overrides {
-            figment = figment.merge(Serialized::default(key, value));
-        }
-        Self::extract(&figment)
+        Self::extract(&figment.merge(Flags(overrides)))
     }
 
     /// Parses and validates a TOML configuration text alone (no environment, no flags); for
@@ -469,6 +467,39 @@ impl Config {
             self.data_dir.join("tokend.key")
         } else {
             self.keys.key_file.clone()
+        }
+    }
+}
+
+/// Values given as flags (`--grpc-listen`), as one source so that an error says where the
+/// value came from ("from command-line flag").
+struct Flags<'a>(&'a [(&'a str, String)]);
+
+impl figment::Provider for Flags<'_> {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("command-line flag")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut flags = Dict::new();
+        for (key, value) in self.0 {
+            if let Value::Dict(_, nested) = figment::util::nest(key, Value::from(value.clone())) {
+                merge_dicts(&mut flags, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(flags))
+    }
+}
+
+/// Merges `from` into `into`, tables key by key (`grpc.listen` and `grpc.tls.cert_file` both
+/// land in `grpc`).
+fn merge_dicts(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Dict(_, inner)), Value::Dict(_, nested)) => merge_dicts(inner, nested),
+            (_, value) => {
+                into.insert(key, value);
+            }
         }
     }
 }
@@ -580,10 +611,19 @@ mod tests {
         assert_eq!(http.callback_url(bound), "https://tokend.example.internal/oauth/callback");
     }
 
-    /// Flags win over the file.
+    /// Flags win over the file; a bad flag value says it came from a flag.
     #[test]
     fn overrides_win() {
-        let config = Config::load(None, &[("data_dir", "/tmp/x".into())]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "data_dir = \"/tmp/file\"\n[grpc]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let flags =
+            [("data_dir", "/tmp/x".into()), ("grpc.listen", "127.0.0.1:2".into()), ("log.format", "json".into())];
+        let config = Config::load(Some(&file), &flags).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.grpc.listen, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(config.log.format, LogFormat::Json);
+        let err = Config::load(None, &[("http.listen", "nope".into())]).unwrap_err();
+        assert!(err.to_string().ends_with("(from command-line flag)"), "{err}");
     }
 }

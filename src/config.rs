@@ -1,6 +1,6 @@
 //! Configuration: one typed struct from layered sources — embedded defaults (zero config works),
 //! then the TOML file, then `TOKEND_*` environment variables (`__` separates sections, e.g.
-//! `TOKEND_GRPC__LISTEN`; see [`env`] for which variables are configuration), then command-line
+//! `TOKEND_GRPC__LISTEN`; see [`env`](mod@env) for which variables are configuration), then command-line
 //! flags. Validated once at start with messages that name the key.
 
 use std::net::SocketAddr;

@@ -1,14 +1,23 @@
 //! Configuration: one typed struct from layered sources — embedded defaults (zero config works),
 //! then the TOML file, then `TOKEND_*` environment variables (`__` separates sections, e.g.
-//! `TOKEND_GRPC__LISTEN`), then command-line flags. Validated once at start with messages that
-//! name the key.
+//! `TOKEND_GRPC__LISTEN`; see [`env`](mod@env) for which variables are configuration), then command-line
+//! flags. Validated once at start with messages that name the key.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use figment::Figment;
-use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::providers::{Format as _, Serialized, Toml};
+use figment::value::{Dict, Value};
 use serde::{Deserialize, Serialize};
+
+mod choices;
+pub mod env;
+mod error;
+mod validate;
+
+pub use choices::{AuthMethod, Grant, LogFormat, Role, UnknownChoice};
+pub use error::ConfigError;
 
 /// The whole configuration. Every key, its default and its environment name are listed in the
 /// README's configuration reference.
@@ -56,8 +65,10 @@ pub struct DeclaredProfile {
     pub description: String,
     /// Preset id.
     pub provider: String,
-    /// `authorization_code` (default), `device_code` or `client_credentials`.
-    pub grant: String,
+    /// `authorization_code`, `device_code` or `client_credentials`; unset (`""`):
+    /// `authorization_code`.
+    #[serde(with = "choices::empty_is_unset")]
+    pub grant: Option<Grant>,
     /// OAuth client id.
     pub client_id: String,
     /// A file holding the client secret (a Kubernetes Secret mount); read at every reconcile.
@@ -74,8 +85,9 @@ pub struct DeclaredProfile {
     pub device_authorization_endpoint: String,
     /// Redirect URI registered with the provider.
     pub redirect_uri: String,
-    /// `client_secret_basic`, `client_secret_post` or `none` (default: the preset's).
-    pub token_endpoint_auth_method: String,
+    /// `client_secret_basic`, `client_secret_post` or `none`; unset (`""`): the preset's.
+    #[serde(with = "choices::empty_is_unset")]
+    pub token_endpoint_auth_method: Option<AuthMethod>,
     /// Extra authorization URL parameters.
     pub extra_authorization_params: std::collections::BTreeMap<String, String>,
     /// Preset options, e.g. `tenant`.
@@ -249,7 +261,7 @@ pub struct ConsentConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `tokend=debug`. `RUST_LOG` overrides it.
     pub level: String,
 }
@@ -290,7 +302,7 @@ pub struct CallerConfig {
     /// Who this is, for logs and audit.
     pub name: String,
     /// `admin`, `viewer` or `consumer`.
-    pub role: String,
+    pub role: Role,
     /// Hex SHA-256 of the caller's bearer token (`tokend mint-token` prints it).
     #[serde(default)]
     pub token_sha256: String,
@@ -336,6 +348,23 @@ impl Default for GrpcConfig {
             unix_socket: PathBuf::new(),
             unix_socket_mode: 0o660,
             auth_limit: AuthLimitConfig::default(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The path of the OAuth callback on the HTTP listener.
+    pub const CALLBACK_PATH: &str = "/oauth/callback";
+
+    /// The redirect URI profiles use unless they name their own: `callback_url` when set (a
+    /// proxy or ingress in front of tokend), else `http://<bound>/oauth/callback`. `bound` is
+    /// the address the listener actually got, so port 0 (tests) yields a usable URL. The one
+    /// place this default is computed.
+    pub fn callback_url(&self, bound: SocketAddr) -> String {
+        if self.callback_url.is_empty() {
+            format!("http://{bound}{}", Self::CALLBACK_PATH)
+        } else {
+            self.callback_url.clone()
         }
     }
 }
@@ -393,14 +422,9 @@ impl Default for ConsentConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: "auto".into(), level: "info".into() }
+        Self { format: LogFormat::Auto, level: "info".into() }
     }
 }
-
-/// A configuration that cannot be used; the message names the key.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
 
 impl Config {
     /// Loads defaults, then `file` (if given), then `TOKEND_*` environment variables, then
@@ -409,145 +433,32 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError::File { path: path.to_owned(), reason: "does not exist".into() });
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        // TOKEND_KEY is the key itself, not a config key; TOKEND_CONFIG names the file.
-        figment = figment.merge(Env::prefixed("TOKEND_").split("__").ignore(&["KEY", "CONFIG", "LOG"]));
-        for (key, value) in overrides {
-            figment = figment.merge(Serialized::default(key, value));
-        }
-        let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
-        config.validate()?;
-        Ok(config)
+        // Only `TOKEND_<SECTION>__<KEY>` and the top-level keys: the rest of the prefix belongs
+        // to tokenctl, workers, and tokend's own TOKEND_KEY / TOKEND_CONFIG / TOKEND_LOG.
+        figment = figment.merge(env::source());
+        Self::extract(&figment.merge(Flags(overrides)))
     }
 
     /// Parses and validates a TOML configuration text alone (no environment, no flags); for
     /// tools and fuzzing.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
-        let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
+        Self::extract(&Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+    }
+
+    fn extract(figment: &Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(ConfigError::from_figment)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks values serde cannot: ranges, enums, cron syntax.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let r = &self.refresh;
-        let fail = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-        if !(0.0..=0.5).contains(&r.skew_ratio) {
-            return fail("refresh.skew_ratio", "must be between 0 and 0.5");
-        }
-        if !(0.0..=1.0).contains(&r.jitter_ratio) {
-            return fail("refresh.jitter_ratio", "must be between 0 and 1");
-        }
-        if r.default_lifetime_secs == 0 {
-            return fail("refresh.default_lifetime_secs", "must be positive");
-        }
-        if !r.provider_rate_per_sec.is_finite() || r.provider_rate_per_sec <= 0.0 || r.provider_burst == 0 {
-            return fail("refresh.provider_rate_per_sec", "rate and refresh.provider_burst must be positive");
-        }
-        if r.max_concurrent == 0 {
-            return fail("refresh.max_concurrent", "must be positive");
-        }
-        if r.backoff_initial_secs == 0 || r.backoff_max_secs < r.backoff_initial_secs {
-            return fail("refresh.backoff_*", "need 0 < backoff_initial_secs <= backoff_max_secs");
-        }
-        if r.sweep_cron.split_whitespace().count() != 6 {
-            return fail("refresh.sweep_cron", "needs six fields (seconds first), e.g. \"*/10 * * * * *\"");
-        }
-        if !["auto", "text", "json"].contains(&self.log.format.as_str()) {
-            return fail("log.format", "must be auto, text or json");
-        }
-        if self.audit.handout_interval_secs == 0 {
-            return fail("audit.handout_interval_secs", "must be positive");
-        }
-        if self.provider.soft_timeout_secs == 0 || self.provider.soft_timeout_secs > self.provider.request_timeout_secs
-        {
-            return fail("provider.soft_timeout_secs", "must be positive and at most provider.request_timeout_secs");
-        }
-        crate::provider::DenyList::parse(&self.provider.deny_networks)
-            .map_err(|e| ConfigError(format!("provider.deny_networks: {e}")))?;
-        if self.consent.ttl_secs == 0 {
-            return fail("consent.ttl_secs", "must be positive");
-        }
-        if !self.grpc.listen.ip().is_loopback() && !self.grpc.tls.enabled() && !self.grpc.allow_insecure_non_loopback {
-            return fail(
-                "grpc.listen",
-                "plain TCP on a non-loopback address; configure grpc.tls, or set grpc.allow_insecure_non_loopback = true to accept that risk",
-            );
-        }
-        let tls = &self.grpc.tls;
-        if tls.enabled() && tls.key_file.as_os_str().is_empty() {
-            return fail("grpc.tls.key_file", "required with grpc.tls.cert_file");
-        }
-        let tls_parts_without_cert = !tls.key_file.as_os_str().is_empty() || !tls.client_ca_file.as_os_str().is_empty();
-        if !tls.enabled() && tls_parts_without_cert {
-            return fail("grpc.tls.cert_file", "required with grpc.tls.key_file or grpc.tls.client_ca_file");
-        }
-        let limit = &self.grpc.auth_limit;
-        if limit.max_failures > 0 && (limit.window_secs == 0 || limit.block_secs == 0 || limit.max_peers == 0) {
-            return fail("grpc.auth_limit", "window_secs, block_secs and max_peers must be positive");
-        }
-        if self.grpc.unix_socket_mode > 0o777 {
-            return fail("grpc.unix_socket_mode", "must be a file mode such as 0o660");
-        }
-        if !self.http.callback_url.is_empty() {
-            crate::provider::parse_endpoint("http.callback_url", &self.http.callback_url, true).map_err(ConfigError)?;
-        }
-        for (i, declared) in self.profiles.iter().enumerate() {
-            if !["", "authorization_code", "device_code", "client_credentials"].contains(&declared.grant.as_str()) {
-                return fail(
-                    &format!("profiles[{i}].grant"),
-                    "must be authorization_code, device_code or client_credentials",
-                );
-            }
-            if !["", "client_secret_basic", "client_secret_post", "none"]
-                .contains(&declared.token_endpoint_auth_method.as_str())
-            {
-                return fail(
-                    &format!("profiles[{i}].token_endpoint_auth_method"),
-                    "must be client_secret_basic, client_secret_post or none",
-                );
-            }
-            if self.profiles[..i].iter().any(|p| p.name == declared.name) {
-                return fail(&format!("profiles[{i}].name"), "declared twice");
-            }
-        }
-        for (i, caller) in self.callers.iter().enumerate() {
-            if !["admin", "viewer", "consumer"].contains(&caller.role.as_str()) {
-                return fail(&format!("callers[{i}].role"), "must be admin, viewer or consumer");
-            }
-            let has_token = !caller.token_sha256.is_empty();
-            if has_token
-                && (caller.token_sha256.len() != 64 || !caller.token_sha256.bytes().all(|b| b.is_ascii_hexdigit()))
-            {
-                return fail(&format!("callers[{i}].token_sha256"), "must be 64 hex digits (SHA-256)");
-            }
-            if !has_token && caller.cert_dns_name.is_empty() && caller.unix_uid.is_none() {
-                return fail(&format!("callers[{i}]"), "needs token_sha256, cert_dns_name or unix_uid");
-            }
-            if !caller.cert_dns_name.is_empty() && self.grpc.tls.client_ca_file.as_os_str().is_empty() {
-                return fail(&format!("callers[{i}].cert_dns_name"), "needs grpc.tls.client_ca_file");
-            }
-            if caller.unix_uid.is_some() && self.grpc.unix_socket.as_os_str().is_empty() {
-                return fail(&format!("callers[{i}].unix_uid"), "needs grpc.unix_socket");
-            }
-            for pattern in &caller.profiles {
-                globset::Glob::new(pattern).map_err(|e| ConfigError(format!("callers[{i}].profiles: {e}")))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The redirect URI profiles use by default.
+    /// The redirect URI profiles use by default, for the configured HTTP address (the daemon
+    /// uses the address it bound: [`HttpConfig::callback_url`]).
     pub fn callback_url(&self) -> String {
-        if self.http.callback_url.is_empty() {
-            format!("http://{}/oauth/callback", self.http.listen)
-        } else {
-            self.http.callback_url.clone()
-        }
+        self.http.callback_url(self.http.listen)
     }
 
     /// The key file in use.
@@ -560,18 +471,37 @@ impl Config {
     }
 }
 
-fn describe(e: &figment::Error) -> String {
-    let mut parts = Vec::new();
-    for err in e.clone() {
-        let key = err.path.join(".");
-        let origin = err.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
-        parts.push(if key.is_empty() {
-            format!("{} ({origin})", err.kind)
-        } else {
-            format!("{key}: {} ({origin})", err.kind)
-        });
+/// Values given as flags (`--grpc-listen`), as one source so that an error says where the
+/// value came from ("from command-line flag").
+struct Flags<'a>(&'a [(&'a str, String)]);
+
+impl figment::Provider for Flags<'_> {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("command-line flag")
     }
-    parts.join("; ")
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut flags = Dict::new();
+        for (key, value) in self.0 {
+            if let Value::Dict(_, nested) = figment::util::nest(key, Value::from(value.clone())) {
+                merge_dicts(&mut flags, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(flags))
+    }
+}
+
+/// Merges `from` into `into`, tables key by key (`grpc.listen` and `grpc.tls.cert_file` both
+/// land in `grpc`).
+fn merge_dicts(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Dict(_, inner)), Value::Dict(_, nested)) => merge_dicts(inner, nested),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -586,26 +516,114 @@ mod tests {
         assert_eq!(config.callback_url(), "http://127.0.0.1:8085/oauth/callback");
     }
 
-    /// A bad value is reported with its key.
-    #[test]
-    fn errors_name_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("t.toml");
-        std::fs::write(&file, "[refresh]\nskew_ratio = 0.9\n").unwrap();
-        let err = Config::load(Some(&file), &[]).unwrap_err().to_string();
-        assert!(err.contains("refresh.skew_ratio"), "{err}");
-        std::fs::write(&file, "[grpc]\nlisten = \"nope\"\n").unwrap();
-        let err = Config::load(Some(&file), &[]).unwrap_err().to_string();
-        assert!(err.contains("grpc.listen"), "{err}");
-        std::fs::write(&file, "bogus = 1\n").unwrap();
-        let err = Config::load(Some(&file), &[]).unwrap_err().to_string();
-        assert!(err.contains("bogus"), "{err}");
+    /// The key of the error, by variant.
+    fn rejected_key(text: &str) -> (String, ConfigError) {
+        let err = Config::from_toml_str(text).unwrap_err();
+        (err.key().unwrap_or_default().to_owned(), err)
     }
 
-    /// Flags win over the file.
+    /// Every error names the key and says why; callers can match on the kind of problem.
+    #[test]
+    fn errors_name_the_key() {
+        let (key, err) = rejected_key("[refresh]\nskew_ratio = 0.9\n");
+        assert!(matches!(err, ConfigError::Rejected { .. }) && key == "refresh.skew_ratio", "{err}");
+        let (key, err) = rejected_key("[grpc]\nlisten = \"nope\"\n");
+        assert!(matches!(err, ConfigError::Invalid { .. }) && key == "grpc.listen", "{err}");
+        assert!(err.to_string().contains("grpc.listen: "), "{err}");
+        let (key, err) = rejected_key("bogus = 1\n");
+        assert!(matches!(&err, ConfigError::UnknownKey { expected, .. } if expected.contains(&"data_dir".to_owned())));
+        assert_eq!(key, "bogus");
+        let (key, err) = rejected_key("[grpc]\nlistne = \"127.0.0.1:1\"\n");
+        assert!(matches!(err, ConfigError::UnknownKey { .. }) && key == "grpc.listne", "{err}");
+    }
+
+    /// Keys inside lists read as in the README (`callers[2].unix_uid`).
+    #[test]
+    fn list_keys_carry_the_index() {
+        let caller = |uid: &str| format!("[[callers]]\nname = \"a\"\nrole = \"admin\"\nunix_uid = {uid}\n");
+        let text = format!("[grpc]\nunix_socket = \"/s\"\n{}{}{}", caller("1"), caller("2"), caller("\"x\""));
+        let (key, err) = rejected_key(&text);
+        assert_eq!(key, "callers[2].unix_uid", "{err}");
+        assert!(err.to_string().contains("callers[2].unix_uid: "), "{err}");
+    }
+
+    /// An unknown value of an enumerated setting names the key and lists the accepted values.
+    #[test]
+    fn unknown_choices_list_the_values() {
+        let caller = |role: &str| {
+            format!("[[callers]]\nname = \"a\"\nrole = \"{role}\"\ntoken_sha256 = \"{}\"\n", "0".repeat(64))
+        };
+        let text = format!("{}{}{}", caller("admin"), caller("viewer"), caller("root"));
+        let err = Config::from_toml_str(&text).unwrap_err();
+        let ConfigError::UnknownValue { key, value, expected, .. } = &err else { panic!("{err}") };
+        assert_eq!((key.as_str(), value.as_str()), ("callers[2].role", "root"));
+        assert_eq!(expected, &["admin", "viewer", "consumer"]);
+        assert!(err.to_string().contains("admin, viewer, consumer"), "{err}");
+        let err = Config::from_toml_str("[log]\nformat = \"yaml\"\n").unwrap_err();
+        assert!(matches!(&err, ConfigError::UnknownValue { key, .. } if key == "log.format"), "{err}");
+        let err = Config::from_toml_str("[[profiles]]\nname = \"p\"\ngrant = \"implicit\"\n").unwrap_err();
+        assert!(matches!(&err, ConfigError::UnknownValue { key, .. } if key == "profiles[0].grant"), "{err}");
+        let err =
+            Config::from_toml_str("[[profiles]]\nname = \"p\"\ntoken_endpoint_auth_method = \"jwt\"\n").unwrap_err();
+        assert!(err.to_string().contains("client_secret_basic, client_secret_post, none"), "{err}");
+    }
+
+    /// Enumerated settings read and print with the same spelling as before they were enums;
+    /// an unset grant or method is still written `""`.
+    #[test]
+    fn choices_round_trip_in_the_old_spelling() {
+        let text = "[log]\nformat = \"json\"\n\n[[profiles]]\nname = \"a\"\ngrant = \"device_code\"\n\
+                    token_endpoint_auth_method = \"none\"\n\n[[profiles]]\nname = \"b\"\ngrant = \"\"\n";
+        let config = Config::from_toml_str(text).unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.profiles[0].grant, Some(Grant::DeviceCode));
+        assert_eq!(config.profiles[0].token_endpoint_auth_method, Some(AuthMethod::None));
+        assert_eq!((config.profiles[1].grant, config.profiles[1].token_endpoint_auth_method), (None, None));
+        let printed = toml::to_string_pretty(&config).unwrap();
+        for line in
+            ["format = \"json\"", "grant = \"device_code\"", "token_endpoint_auth_method = \"none\"", "grant = \"\""]
+        {
+            assert!(printed.contains(line), "{line} in\n{printed}");
+        }
+        assert_eq!(Config::from_toml_str(&printed).unwrap().profiles[1].grant, None);
+    }
+
+    /// A missing or broken file is a file error naming the file.
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        assert!(matches!(Config::load(Some(&missing), &[]), Err(ConfigError::File { path, .. }) if path == missing));
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, "[grpc\n").unwrap();
+        let err = Config::load(Some(&broken), &[]).unwrap_err();
+        assert!(matches!(&err, ConfigError::File { path, .. } if *path == broken), "{err}");
+    }
+
+    /// The default callback URL follows the bound address; a configured one wins.
+    #[test]
+    fn callback_url_defaults_to_the_bound_address() {
+        let mut http = HttpConfig::default();
+        let bound: SocketAddr = "127.0.0.1:40123".parse().unwrap();
+        assert_eq!(http.callback_url(bound), "http://127.0.0.1:40123/oauth/callback");
+        assert_eq!(http.callback_url("[::1]:8085".parse().unwrap()), "http://[::1]:8085/oauth/callback");
+        http.callback_url = "https://tokend.example.internal/oauth/callback".into();
+        assert_eq!(http.callback_url(bound), "https://tokend.example.internal/oauth/callback");
+    }
+
+    /// Flags win over the file; a bad flag value says it came from a flag.
     #[test]
     fn overrides_win() {
-        let config = Config::load(None, &[("data_dir", "/tmp/x".into())]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "data_dir = \"/tmp/file\"\n[grpc]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let flags =
+            [("data_dir", "/tmp/x".into()), ("grpc.listen", "127.0.0.1:2".into()), ("log.format", "json".into())];
+        let config = Config::load(Some(&file), &flags).unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.grpc.listen, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(config.log.format, LogFormat::Json);
+        let err = Config::load(None, &[("http.listen", "nope".into())]).unwrap_err();
+        assert!(err.to_string().ends_with("(from command-line flag)"), "{err}");
     }
 }

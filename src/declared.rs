@@ -35,17 +35,10 @@ fn to_input(declared: &DeclaredProfile, index: usize) -> Result<pb::Profile, Adm
             .trim()
             .to_owned()
     };
-    let grant = match declared.grant.as_str() {
-        "device_code" => pb::Grant::DeviceCode,
-        "client_credentials" => pb::Grant::ClientCredentials,
-        _ => pb::Grant::AuthorizationCode,
-    };
-    let auth_method = match declared.token_endpoint_auth_method.as_str() {
-        "client_secret_basic" => pb::TokenEndpointAuthMethod::ClientSecretBasic,
-        "client_secret_post" => pb::TokenEndpointAuthMethod::ClientSecretPost,
-        "none" => pb::TokenEndpointAuthMethod::None,
-        _ => pb::TokenEndpointAuthMethod::Unspecified,
-    };
+    // Unset grant: authorization code, as documented for declared profiles; unset method: the
+    // preset's (the API's "unspecified").
+    let grant = pb::Grant::from(declared.grant.unwrap_or_default());
+    let auth_method = declared.token_endpoint_auth_method.map_or(pb::TokenEndpointAuthMethod::Unspecified, Into::into);
     Ok(pb::Profile {
         name: declared.name.clone(),
         description: declared.description.clone(),

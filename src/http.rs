@@ -28,7 +28,7 @@ pub struct HttpState {
 /// The routes.
 pub fn router(state: HttpState) -> Router {
     Router::new()
-        .route("/oauth/callback", get(callback))
+        .route(crate::config::HttpConfig::CALLBACK_PATH, get(callback))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -1,11 +1,14 @@
-//! `tokend`: the daemon, and its operator chores as subcommands.
+//! `tokend`: the daemon, and its operator chores as subcommands. This file parses the command
+//! line and calls the library: loading the configuration (`tokend::config`), signals and
+//! reloads (`tokend::daemon::signals`), backups (`tokend::daemon::backup`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokend::config::Config;
-use tokend::daemon::{Daemon, StartOptions};
+use tokend::config::{Config, ConfigError, LogFormat, Role};
+use tokend::daemon::{StartOptions, backup, signals};
+use zeroize::Zeroizing;
 
 /// Keeps OAuth 2.0 tokens for connected apps valid and hands them out over gRPC.
 #[derive(Debug, Parser)]
@@ -23,9 +26,9 @@ struct Cli {
     /// HTTP listen address (OAuth callback, health, metrics).
     #[arg(long, global = true)]
     http_listen: Option<String>,
-    /// Log format: auto, text or json.
-    #[arg(long, global = true)]
-    log_format: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -58,9 +61,9 @@ enum Command {
     },
     /// Print a new caller bearer token and the config line holding its hash.
     MintToken {
-        /// admin, viewer or consumer.
-        #[arg(long, default_value = "consumer")]
-        role: String,
+        /// The caller's role.
+        #[arg(long, value_enum, default_value_t = Role::Consumer)]
+        role: Role,
         /// Caller name.
         #[arg(long)]
         name: String,
@@ -70,7 +73,9 @@ enum Command {
     },
 }
 
-fn load_config(cli: &Cli) -> Result<Config, tokend::config::ConfigError> {
+/// The configuration from the file, the environment and the flags given; called at start and
+/// again on every SIGHUP.
+fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     let mut overrides = Vec::new();
     if let Some(dir) = &cli.data_dir {
         overrides.push(("data_dir", dir.display().to_string()));
@@ -82,169 +87,104 @@ fn load_config(cli: &Cli) -> Result<Config, tokend::config::ConfigError> {
         overrides.push(("http.listen", listen.clone()));
     }
     if let Some(format) = &cli.log_format {
-        overrides.push(("log.format", format.clone()));
+        overrides.push(("log.format", format.to_string()));
     }
     Config::load(cli.config.as_deref(), &overrides)
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match &cli.command {
-        Some(Command::GenKey) => {
-            let text = tokend::crypto::generate_key_text();
-            match tokend::crypto::decode_key(&text) {
-                Ok(key) => eprintln!(
-                    "key id {:08x} (logs and `tokenctl rotate-keys` name keys by id)",
-                    tokend::crypto::key_id(&key)
-                ),
-                Err(e) => eprintln!("tokend: {e}"),
-            }
-            println!("{}", text.as_str());
-            return ExitCode::SUCCESS;
-        }
-        Some(Command::Completions { shell }) => {
+    let mut cli = Cli::parse();
+    let command = cli.command.take().unwrap_or(Command::Serve);
+    let config = match command {
+        Command::GenKey => return gen_key(),
+        Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut command, "tokend", &mut std::io::stdout());
+            // Into a buffer: clap_complete panics when stdout is a closed pipe (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "tokend", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             return ExitCode::SUCCESS;
         }
-        Some(Command::MintToken { role, name, profiles }) => {
-            let token = tokend::crypto::random_token();
-            let hash = tokend::grpc::auth::hash_token(&token);
-            println!("token (shown once; give it to the caller): {token}");
-            println!(
-                "config:\n[[callers]]\nname = {name:?}\nrole = {role:?}\ntoken_sha256 = {hash:?}\nprofiles = {profiles:?}"
-            );
-            return ExitCode::SUCCESS;
-        }
-        _ => {}
-    }
-    let config = match load_config(&cli) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("tokend: {e}");
-            return ExitCode::from(78);
-        }
+        Command::MintToken { role, name, profiles } => return mint_token(role, &name, &profiles),
+        _ => match load_config(&cli) {
+            Ok(config) => config,
+            Err(e) => return fail(&e, ConfigError::EXIT_CODE),
+        },
     };
-    match &cli.command {
-        Some(Command::Export { output }) => return export(&config, output.as_deref()),
-        Some(Command::Import { input }) => return import(&config, input),
-        _ => {}
-    }
-    if matches!(cli.command, Some(Command::CheckConfig)) {
-        match toml::to_string_pretty(&config) {
+    match command {
+        Command::CheckConfig => match toml::to_string_pretty(&config) {
             Ok(text) => {
                 println!("{text}");
-                return ExitCode::SUCCESS;
+                ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("tokend: {e}");
-                return ExitCode::from(78);
+            Err(e) => fail(&e, ConfigError::EXIT_CODE),
+        },
+        Command::Export { output } => match backup::export_file(&config, output.as_deref()) {
+            Ok(count) => done(&format!("exported {count} entries (secrets sealed; keep the key file apart)")),
+            Err(e) => fail(&format_args!("export failed: {e}"), e.exit_code()),
+        },
+        Command::Import { input } => match backup::import_file(&config, &input) {
+            Ok(count) => {
+                done(&format!("imported {count} entries; start tokend with the key the backup was sealed with"))
             }
-        }
-    }
-    tokend::telemetry::init(&config.log.format, &config.log.level);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tokend: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(serve(config, cli))
-}
-
-fn export(config: &Config, output: Option<&std::path::Path>) -> ExitCode {
-    let result = match output {
-        Some(path) => std::fs::File::create(path)
-            .map_err(|e| tokend::daemon::StartError::Data(format!("{}: {e}", path.display())))
-            .and_then(|file| tokend::daemon::backup::export(config, &mut std::io::BufWriter::new(file))),
-        None => tokend::daemon::backup::export(config, &mut std::io::stdout().lock()),
-    };
-    match result {
-        Ok(count) => {
-            eprintln!("tokend: exported {count} entries (secrets sealed; keep the key file apart)");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("tokend: export failed: {e}");
-            ExitCode::from(e.exit_code() as u8)
-        }
+            Err(e) => fail(&format_args!("import failed: {e}"), e.exit_code()),
+        },
+        _ => serve(config, cli),
     }
 }
 
-fn import(config: &Config, input: &std::path::Path) -> ExitCode {
-    let result = std::fs::File::open(input)
-        .map_err(|e| tokend::daemon::StartError::Data(format!("{}: {e}", input.display())))
-        .and_then(|file| tokend::daemon::backup::import(config, &mut std::io::BufReader::new(file)));
-    match result {
-        Ok(count) => {
-            eprintln!("tokend: imported {count} entries; start tokend with the key the backup was sealed with");
-            ExitCode::SUCCESS
+fn gen_key() -> ExitCode {
+    let text = tokend::crypto::generate_key_text();
+    match tokend::crypto::decode_key(&text) {
+        Ok(key) => {
+            eprintln!("key id {:08x} (logs and `tokenctl rotate-keys` name keys by id)", tokend::crypto::key_id(&key))
         }
-        Err(e) => {
-            eprintln!("tokend: import failed: {e}");
-            ExitCode::from(e.exit_code() as u8)
-        }
+        Err(e) => eprintln!("tokend: {e}"),
     }
-}
-
-async fn serve(config: Config, cli: Cli) -> ExitCode {
-    let daemon = match Daemon::start(config, StartOptions::default()).await {
-        Ok(daemon) => daemon,
-        Err(e) => {
-            tracing::error!("cannot start: {e}");
-            eprintln!("tokend: cannot start: {e}");
-            return ExitCode::from(e.exit_code() as u8);
-        }
-    };
-    let stop = daemon.shutdown_token();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        stop.cancel();
-    });
-    spawn_reload_on_sighup(daemon.reload_handle(), cli);
-    daemon.wait().await;
+    println!("{}", text.as_str());
     ExitCode::SUCCESS
 }
 
-/// SIGHUP reloads the configuration file: callers, the TLS certificate and declared profiles
-/// change without a restart; a configuration that does not load is logged and changes nothing.
-fn spawn_reload_on_sighup(handle: tokend::daemon::ReloadHandle, cli: Cli) {
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else { return };
-        while hangup.recv().await.is_some() {
-            let result = match load_config(&cli) {
-                Ok(config) => handle.reload(&config).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = result {
-                tracing::error!("reload refused, nothing changed: {e}");
-            }
-        }
-    });
+fn mint_token(role: Role, name: &str, profiles: &[String]) -> ExitCode {
+    let token = tokend::crypto::random_token();
+    let hash = tokend::grpc::auth::hash_token(&token);
+    println!("token (shown once; give it to the caller): {token}");
+    println!(
+        "config:\n[[callers]]\nname = {name:?}\nrole = \"{role}\"\ntoken_sha256 = {hash:?}\nprofiles = {profiles:?}"
+    );
+    ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads with the same file, environment
+/// and flags.
+fn serve(config: Config, cli: Cli) -> ExitCode {
+    tokend::telemetry::init(config.log.format, &config.log.level);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format_args!("starting the runtime: {e}"), 1),
+    };
+    // The key itself, kept apart from the configuration (never printed by check-config); set
+    // but empty counts as unset.
+    let env_key = std::env::var("TOKEND_KEY").ok().filter(|key| !key.is_empty()).map(Zeroizing::new);
+    let options = StartOptions { env_key, ..Default::default() };
+    let reload = move || load_config(&cli);
+    match runtime.block_on(signals::serve(config, options, reload)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            fail(&format_args!("cannot start: {e}"), e.exit_code())
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+}
+
+fn done(message: &str) -> ExitCode {
+    eprintln!("tokend: {message}");
+    ExitCode::SUCCESS
+}
+
+/// Prints `tokend: <why>` and exits with `code` (sysexits.h, see `StartError::exit_code`).
+fn fail(why: &dyn std::fmt::Display, code: impl TryInto<u8>) -> ExitCode {
+    eprintln!("tokend: {why}");
+    ExitCode::from(code.try_into().unwrap_or(1))
 }

@@ -4,6 +4,7 @@
 pub mod backup;
 mod bootstrap;
 mod listeners;
+pub mod signals;
 mod start;
 mod systemd;
 pub mod upgrade;

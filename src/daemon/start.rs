@@ -165,7 +165,7 @@ pub(super) fn caller_configs(config: &Config) -> Result<Vec<CallerConfig>, Start
     }
     Ok(vec![CallerConfig {
         name: "generated-admin".into(),
-        role: "admin".into(),
+        role: crate::config::Role::Admin,
         token_sha256: bootstrap::generated_admin(config)?,
         cert_dns_name: String::new(),
         unix_uid: None,
@@ -177,11 +177,7 @@ pub(super) fn caller_configs(config: &Config) -> Result<Vec<CallerConfig>, Start
 pub(super) fn engine_settings(config: &Config, http_addr: SocketAddr) -> EngineSettings {
     let r = &config.refresh;
     EngineSettings {
-        callback_url: if config.http.callback_url.is_empty() {
-            format!("http://{http_addr}/oauth/callback")
-        } else {
-            config.http.callback_url.clone()
-        },
+        callback_url: config.http.callback_url(http_addr),
         allow_insecure_http: config.provider.allow_insecure_http,
         refresh: RefreshPolicy {
             skew_ratio: r.skew_ratio,

@@ -22,16 +22,8 @@ use crate::config::CallerConfig;
 /// asked again on every call (a caller probing random names cannot grow memory).
 const MATCH_CACHE_LIMIT: usize = 1024;
 
-/// What a caller may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Everything, tokens included.
-    Admin,
-    /// Read the profile table; never a token.
-    Viewer,
-    /// Tokens for the profiles its patterns allow; nothing else.
-    Consumer,
-}
+/// What a caller may do; read from the configuration (`callers[].role`).
+pub use crate::config::Role;
 
 /// An authenticated caller.
 #[derive(Debug)]
@@ -123,12 +115,7 @@ fn parse_hash(hex: &str) -> Option<[u8; 32]> {
 fn build(configs: &[CallerConfig]) -> Table {
     let mut table = Table::default();
     for config in configs {
-        let role = match config.role.as_str() {
-            "admin" => Role::Admin,
-            "viewer" => Role::Viewer,
-            "consumer" => Role::Consumer,
-            _ => continue,
-        };
+        let role = config.role;
         let mut globs = GlobSetBuilder::new();
         for pattern in &config.profiles {
             if let Ok(glob) = Glob::new(pattern) {
@@ -253,7 +240,7 @@ mod tests {
     fn config(role: &str, token: &str, profiles: &[&str]) -> CallerConfig {
         CallerConfig {
             name: format!("{role}-caller"),
-            role: role.into(),
+            role: role.parse().unwrap(),
             token_sha256: hash_token(token),
             cert_dns_name: String::new(),
             unix_uid: None,

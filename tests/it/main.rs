@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod binary;
+mod config_env;
 mod crash;
 mod daemon;
 mod fuzz_corpus;

@@ -80,7 +80,7 @@ async fn tls_mtls_and_reload() {
             c.grpc.tls.client_ca_file = cert_dir.join("clients-ca.pem");
             c.callers.push(CallerConfig {
                 name: "mail-by-cert".into(),
-                role: "consumer".into(),
+                role: tokend::config::Role::Consumer,
                 token_sha256: String::new(),
                 cert_dns_name: "mail-worker.clients.example".into(),
                 unix_uid: None,
@@ -187,7 +187,7 @@ async fn unix_socket_with_peer_uid() {
             c.grpc.unix_socket_mode = 0o600;
             c.callers.push(CallerConfig {
                 name: "local-worker".into(),
-                role: "consumer".into(),
+                role: tokend::config::Role::Consumer,
                 token_sha256: String::new(),
                 cert_dns_name: String::new(),
                 unix_uid: Some(uid),

@@ -172,11 +172,11 @@ pub(crate) struct Fields {
     #[arg(long, value_name = "URL", value_parser = parse_url)]
     pub(crate) redirect_uri: Option<String>,
     /// How the profile obtains its tokens (default: the preset's).
-    #[arg(long, value_parser = ["authorization_code", "device_code", "client_credentials"])]
-    pub(crate) grant: Option<String>,
+    #[arg(long, value_enum)]
+    pub(crate) grant: Option<tokend::config::Grant>,
     /// How the client authenticates at the token endpoint.
-    #[arg(long, value_parser = ["client_secret_basic", "client_secret_post", "none"])]
-    pub(crate) auth_method: Option<String>,
+    #[arg(long, value_enum)]
+    pub(crate) auth_method: Option<tokend::config::AuthMethod>,
     /// Extra authorization URL parameter (repeat; replaces all of them on update).
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub(crate) params: Vec<(String, String)>,

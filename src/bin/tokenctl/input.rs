@@ -62,11 +62,9 @@ pub(crate) fn build_profile(
     put(device, &mut p.device_authorization_endpoint, "device_authorization_endpoint", &mut mask);
     put(fields.issuer, &mut p.issuer, "issuer", &mut mask);
     put(fields.redirect_uri, &mut p.redirect_uri, "redirect_uri", &mut mask);
-    // clap admits only the names of these enums' values, lower-cased and without the prefix.
-    let grant = fields.grant.and_then(|g| pb::Grant::from_str_name(&format!("GRANT_{}", g.to_uppercase())));
-    put(grant.map(|g| g as i32), &mut p.grant, "grant", &mut mask);
-    let method = fields.auth_method.map(|m| format!("TOKEN_ENDPOINT_AUTH_METHOD_{}", m.to_uppercase()));
-    let method = method.and_then(|m| pb::TokenEndpointAuthMethod::from_str_name(&m)).map(|m| m as i32);
+    // The same enums and spelling as a declared profile's `grant` and `token_endpoint_auth_method`.
+    put(fields.grant.map(|g| pb::Grant::from(g) as i32), &mut p.grant, "grant", &mut mask);
+    let method = fields.auth_method.map(|m| pb::TokenEndpointAuthMethod::from(m) as i32);
     put(method, &mut p.token_endpoint_auth_method, "token_endpoint_auth_method", &mut mask);
     let params = (!fields.params.is_empty()).then(|| fields.params.into_iter().collect::<HashMap<_, _>>());
     put(params, &mut p.extra_authorization_params, "extra_authorization_params", &mut mask);

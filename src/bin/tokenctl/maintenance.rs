@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 use tokend::api::pb;
+use tokend::daemon::backup::{BackupFile, BackupFileError};
 
 use crate::cli::Output;
 use crate::client::Client;
@@ -69,24 +70,20 @@ impl Client {
         Ok(())
     }
 
-    /// `backup`: stream the store into `output` (written to a temporary name and renamed only
-    /// when complete, so a failed backup never looks like a good one).
+    /// `backup`: stream the store into `output`, a new file of mode 0600 written under a
+    /// temporary name and moved into place only when complete, so a failed backup never looks
+    /// like a good one ([`BackupFile`], as `tokend export` writes it); `-` is standard output.
     pub(crate) async fn backup(&mut self, output: &Path) -> Outcome {
         let mut stream =
             self.maintenance.backup(pb::BackupRequest {}).await.or_fail(&self.hints, "starting the backup")?;
         let to_stdout = output == Path::new("-");
-        let mut partial = output.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = std::path::PathBuf::from(partial);
-        let mut sink: Box<dyn std::io::Write> = if to_stdout {
-            Box::new(std::io::stdout().lock())
-        } else {
-            if output.exists() {
-                return Err(Failure::new(2, format!("{} exists", output.display()), Some("choose a new file".into())));
-            }
-            let file = create_private(&partial)
-                .map_err(|e| Failure::new(1, format!("creating {}: {e}", partial.display()), None))?;
-            Box::new(std::io::BufWriter::new(file))
+        let mut file = match to_stdout {
+            true => None,
+            false => Some(BackupFile::create(output).map_err(backup_failure)?),
+        };
+        let mut sink: Box<dyn std::io::Write + '_> = match &mut file {
+            Some(file) => Box::new(file),
+            None => Box::new(std::io::stdout().lock()),
         };
         let (mut entries, mut bytes) = (0u64, 0u64);
         let result: Outcome = async {
@@ -99,17 +96,10 @@ impl Client {
         }
         .await;
         drop(sink);
-        if let Err(failure) = result {
-            if !to_stdout {
-                let _ = std::fs::remove_file(&partial);
-            }
-            return Err(failure);
-        }
-        if !to_stdout {
-            std::fs::File::open(&partial)
-                .and_then(|f| f.sync_all())
-                .and_then(|()| std::fs::rename(&partial, output))
-                .map_err(|e| Failure::new(1, format!("finishing {}: {e}", output.display()), None))?;
+        // On failure the unfinished file removes itself when dropped.
+        result?;
+        if let Some(file) = file {
+            file.finish().map_err(backup_failure)?;
         }
         let place = if to_stdout { "stdout".to_owned() } else { output.display().to_string() };
         eprintln!(
@@ -120,14 +110,10 @@ impl Client {
     }
 }
 
-/// Creates a new file readable only by its owner.
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
+/// An existing file is the admin's to resolve (exit 2, as a usage error); anything else exit 1.
+fn backup_failure(error: BackupFileError) -> Failure {
+    match error {
+        BackupFileError::Exists(_) => Failure::new(2, error.to_string(), Some("choose a new file".into())),
+        BackupFileError::Io { .. } => Failure::new(1, error.to_string(), None),
     }
-    options.open(path)
 }

@@ -45,7 +45,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.http.listen = "127.0.0.1:0".parse().unwrap_or(config.http.listen);
     let caller = |name: &str, role: &str, token: &str, profiles: &[&str]| CallerConfig {
         name: name.into(),
-        role: role.into(),
+        role: role.parse().unwrap(),
         token_sha256: tokend::grpc::auth::hash_token(token),
         cert_dns_name: String::new(),
         unix_uid: None,

@@ -18,8 +18,8 @@
 //!   failed-authentication limit), TLS, and the one table from errors to status codes.
 //! - [`http`]: the HTTP listener: OAuth callback, health, readiness, metrics.
 //! - [`metrics`]: the Prometheus registry; gauges set from an engine snapshot at scrape time.
-//! - [`audit`]: the audit trail: admin actions one by one, token hand-outs tallied and written
-//!   every few seconds.
+//! - [`access`]: callers, roles and the audit trail (admin actions one by one, token hand-outs
+//!   tallied and written every few seconds), shared by every surface.
 //! - [`config`]: the typed configuration and its layered sources (defaults, file, env, flags).
 //! - [`declared`]: profiles declared in the configuration file, reconciled at start and on SIGHUP.
 //! - [`daemon`]: start-up in named steps (storage, TLS, listeners, engine, serving), shutdown,
@@ -29,9 +29,9 @@
 //! - [`telemetry`]: logging setup (text on a terminal, JSON otherwise).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod api;
-pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -147,7 +147,7 @@ fn gen_key() -> ExitCode {
 
 fn mint_token(role: Role, name: &str, profiles: &[String]) -> ExitCode {
     let token = tokend::crypto::random_token();
-    let hash = tokend::grpc::auth::hash_token(&token);
+    let hash = tokend::access::hash_token(&token);
     println!("token (shown once; give it to the caller): {token}");
     println!(
         "config:\n[[callers]]\nname = {name:?}\nrole = \"{role}\"\ntoken_sha256 = {hash:?}\nprofiles = {profiles:?}"

@@ -2,36 +2,16 @@
 //! `value` in base64); secrets stay sealed, so the backup is only as readable as the key file
 //! kept apart from it. `tokend export`/`import` work on a stopped daemon's directory (sled locks
 //! it); a running daemon streams the same format through the `Maintenance.Backup` RPC
-//! ([`encode_line`]).
+//! ([`crate::store::backup`] holds the line format).
 
 use std::fs::File;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use serde::{Deserialize, Serialize};
-
 use super::StartError;
 use super::bootstrap::{ensure_data_dir, open_store};
 use crate::config::Config;
 use crate::store::Store as _;
-
-#[derive(Serialize, Deserialize)]
-struct Line {
-    tree: String,
-    key: String,
-    value: String,
-}
-
-/// One backup line (with its newline) for a store entry.
-pub fn encode_line(tree: &str, key: &[u8], value: &[u8]) -> String {
-    let line = Line { tree: tree.to_owned(), key: STANDARD.encode(key), value: STANDARD.encode(value) };
-    // Serializing three strings cannot fail.
-    let mut text = serde_json::to_string(&line).unwrap_or_default();
-    text.push('\n');
-    text
-}
 
 /// Writes every entry of the store in `config.data_dir` to `out`; returns how many.
 pub fn export(config: &Config, out: &mut dyn Write) -> Result<usize, StartError> {
@@ -46,7 +26,9 @@ pub fn export(config: &Config, out: &mut dyn Write) -> Result<usize, StartError>
     let mut count = 0;
     let mut failure = None;
     store
-        .for_each_entry(&mut |tree, key, value| match out.write_all(encode_line(tree, key, value).as_bytes()) {
+        .for_each_entry(&mut |tree, key, value| match out
+            .write_all(crate::store::backup::encode_line(tree, key, value).as_bytes())
+        {
             Ok(()) => {
                 count += 1;
                 true
@@ -95,10 +77,8 @@ pub fn import(config: &Config, input: &mut dyn BufRead) -> Result<usize, StartEr
             continue;
         }
         let bad = |what: &str| StartError::Data(format!("backup line {}: {what}", number + 1));
-        let parsed: Line = serde_json::from_str(&line).map_err(|_| bad("not a backup entry"))?;
-        let key = STANDARD.decode(&parsed.key).map_err(|_| bad("key is not base64"))?;
-        let value = STANDARD.decode(&parsed.value).map_err(|_| bad("value is not base64"))?;
-        entries.push((parsed.tree, key, value));
+        let entry = crate::store::backup::decode_line(&line).map_err(|e| bad(&e.to_string()))?;
+        entries.push(entry);
     }
     if !entries.iter().any(|(tree, _, _)| tree == "meta") {
         return Err(StartError::Data("the backup has no metadata; is it a tokend backup?".into()));

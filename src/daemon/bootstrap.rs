@@ -141,5 +141,5 @@ pub fn generated_admin(config: &Config) -> Result<String, StartError> {
         return Err(StartError::Data(format!("{} is empty; delete it to generate a new one", path.display())));
     }
     tracing::info!(path = %path.display(), "no callers configured: the admin bearer token is in this file");
-    Ok(crate::grpc::auth::hash_token(&token))
+    Ok(crate::access::hash_token(&token))
 }

@@ -17,11 +17,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use crate::access::Callers;
 use crate::admin::Admin;
 use crate::clock::{Clock, Jitter, RandomJitter, SystemClock};
 use crate::config::Config;
 use crate::engine::{Engine, Scheduler};
-use crate::grpc::auth::Callers;
 
 pub use bootstrap::ensure_data_dir;
 use start::{bind, caller_configs, grpc_tls, open_storage, serve, start_engine};
@@ -253,7 +253,7 @@ impl ReloadHandle {
         crate::declared::reconcile(&admin, config)
             .await
             .map_err(|e| StartError::Config(format!("declared profiles: {e}")))?;
-        crate::audit::write_handouts(&self.callers, admin.engine().clock().now_ms());
+        self.callers.write_handouts();
         admin.install_keys(ring);
         self.callers.replace(&callers);
         if let (Some(shared), Some(tls)) = (&self.tls, tls) {

@@ -11,12 +11,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{StartError, StartOptions, bootstrap, ensure_data_dir, listeners, upgrade};
+use crate::access::Callers;
 use crate::admin::Admin;
 use crate::clock::{Clock, Jitter};
 use crate::config::{CallerConfig, Config};
 use crate::crypto::KeyRing;
 use crate::engine::{Engine, EngineSettings, RefreshPolicy, Scheduler};
-use crate::grpc::auth::Callers;
 use crate::metrics::Metrics;
 use crate::provider::{HttpOptions, Provider, ProviderHttp};
 use crate::store::Store;
@@ -134,7 +134,8 @@ pub(super) async fn serve(
             .await
             .map_err(|e| StartError::Config(format!("gRPC services: {e}")))?;
     let every = Duration::from_secs(config.audit.handout_interval_secs);
-    crate::audit::spawn_handout_writer(callers.clone(), Arc::clone(engine.clock()), every, shutdown.clone());
+    let tallied = callers.clone();
+    crate::access::audit::spawn_handout_writer(move || tallied.write_handouts(), every, shutdown.clone());
     let mut grpc_tasks = vec![listeners::serve_tcp(routes.clone(), bound.grpc, tls, shutdown.clone())];
     let unix_socket = (!config.grpc.unix_socket.as_os_str().is_empty()).then(|| config.grpc.unix_socket.clone());
     if let Some(path) = &unix_socket {

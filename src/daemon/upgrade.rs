@@ -9,9 +9,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::StartError;
-use super::backup::encode_line;
 use crate::clock::UnixMillis;
 use crate::store::Store;
+use crate::store::backup::encode_line;
 
 /// The `meta` entry holding the schema version (big-endian `u32`).
 const SCHEMA_META_KEY: &str = "schema_version";

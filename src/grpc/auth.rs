@@ -1,218 +1,49 @@
-//! Caller authentication and roles. A caller presents `authorization: Bearer <token>`; tokens
-//! are configured as SHA-256 hashes, so the configuration holds nothing that grants access.
-//! The request layer ([`super::layer`]) calls [`Callers::identify`] on the HTTP request, before
-//! the body is decoded, and attaches the [`Caller`] that handlers read with [`caller`].
+//! Who is calling a gRPC method: the caller table lives in [`crate::access`]; here it is read
+//! from what tonic gives a request (the `authorization` header, the TLS client certificate, the
+//! Unix socket peer's uid). The request layer ([`super::layer`]) calls [`identify`] before the
+//! body is decoded and attaches the [`Caller`] that handlers read with [`caller`].
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arc_swap::ArcSwap;
-use dashmap::DashMap;
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use http::{Extensions, HeaderMap};
-use sha2::{Digest, Sha256};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
-use crate::config::CallerConfig;
+pub use crate::access::{Caller, Callers, Denied, Role, hash_token};
 
-/// Profile names whose pattern verdict a consumer remembers; past this many, the glob set is
-/// asked again on every call (a caller probing random names cannot grow memory).
-const MATCH_CACHE_LIMIT: usize = 1024;
-
-/// What a caller may do; read from the configuration (`callers[].role`).
-pub use crate::config::Role;
-
-/// An authenticated caller.
-#[derive(Debug)]
-pub struct Caller {
-    /// Its configured name, for logs and audit.
-    pub name: String,
-    /// Its role.
-    pub role: Role,
-    profiles: GlobSet,
-    /// The glob set's verdict per profile name already asked for: a consumer asks for the same
-    /// few profiles many times a second, and a lookup is cheaper than matching the set again.
-    /// Bounded by [`MATCH_CACHE_LIMIT`]; rebuilt with the caller on reload.
-    matched: DashMap<Box<str>, bool>,
-    /// Entries in `matched` (`DashMap::len` would lock every shard).
-    matched_len: AtomicUsize,
-    /// Its token hand-outs since the audit writer last ran.
-    pub handouts: crate::audit::HandoutTallies,
-}
-
-impl Caller {
-    /// Whether this caller may administer profiles.
-    pub fn require_admin(&self) -> Result<(), Status> {
-        match self.role {
-            Role::Admin => Ok(()),
-            _ => Err(Status::permission_denied(format!("caller {:?} is not an admin", self.name))),
-        }
-    }
-
-    /// Whether this caller may read the profile table.
-    pub fn require_viewer(&self) -> Result<(), Status> {
-        match self.role {
-            Role::Admin | Role::Viewer => Ok(()),
-            Role::Consumer => Err(Status::permission_denied(format!("caller {:?} may only fetch tokens", self.name))),
-        }
-    }
-
-    /// Whether this caller may get tokens of `profile`. A consumer asking for a name outside
-    /// its patterns is refused the same way whether the profile exists or not.
-    pub fn require_token(&self, profile: &str) -> Result<(), Status> {
-        match self.role {
-            Role::Admin => Ok(()),
-            Role::Consumer if self.matches(profile) => Ok(()),
-            _ => Err(Status::permission_denied(format!("caller {:?} may not get tokens of {profile:?}", self.name))),
-        }
-    }
-
-    /// Whether `profile` matches this caller's patterns, remembered per name.
-    fn matches(&self, profile: &str) -> bool {
-        if let Some(verdict) = self.matched.get(profile) {
-            return *verdict;
-        }
-        let verdict = self.profiles.is_match(profile);
-        if self.matched_len.load(Ordering::Relaxed) < MATCH_CACHE_LIMIT
-            && self.matched.insert(profile.into(), verdict).is_none()
-        {
-            self.matched_len.fetch_add(1, Ordering::Relaxed);
-        }
-        verdict
+impl From<Denied> for Status {
+    fn from(denied: Denied) -> Self {
+        Status::permission_denied(denied.0)
     }
 }
 
-/// The hex SHA-256 of a bearer token, as written in the configuration.
-pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The callers, indexed by each way they can prove who they are.
-#[derive(Debug, Default)]
-struct Table {
-    by_hash: HashMap<[u8; 32], Arc<Caller>>,
-    by_dns_name: HashMap<String, Arc<Caller>>,
-    by_uid: HashMap<u32, Arc<Caller>>,
-}
-
-/// Every configured caller; swapped whole when the configuration is reloaded (SIGHUP).
-#[derive(Debug, Clone, Default)]
-pub struct Callers {
-    table: Arc<ArcSwap<Table>>,
-}
-
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    let mut hash = [0u8; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(hash)
-}
-
-fn build(configs: &[CallerConfig]) -> Table {
-    let mut table = Table::default();
-    for config in configs {
-        let role = config.role;
-        let mut globs = GlobSetBuilder::new();
-        for pattern in &config.profiles {
-            if let Ok(glob) = Glob::new(pattern) {
-                globs.add(glob);
-            }
-        }
-        let Ok(profiles) = globs.build() else { continue };
-        let caller = Arc::new(Caller {
-            name: config.name.clone(),
-            role,
-            profiles,
-            matched: DashMap::new(),
-            matched_len: AtomicUsize::new(0),
-            handouts: Default::default(),
+/// Who is calling, from the request's `authorization` header and its connection (the
+/// extensions tonic's server attaches): a bearer token if one is presented (a wrong one is
+/// refused even on a trusted socket), else the TLS client certificate, else the Unix socket
+/// peer's uid. Failures are logged with the peer; the caller counts them per peer.
+pub fn identify(callers: &Callers, headers: &HeaderMap, extensions: &Extensions) -> Result<Arc<Caller>, Status> {
+    if let Some(header) = headers.get(http::header::AUTHORIZATION) {
+        let value = header.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
+        return callers.authenticate(token.trim()).ok_or_else(|| {
+            tracing::warn!(peer = ?remote_addr(extensions), "rejected an unknown bearer token");
+            Status::unauthenticated("unknown bearer token")
         });
-        if let Some(hash) = parse_hash(&config.token_sha256) {
-            table.by_hash.insert(hash, Arc::clone(&caller));
-        }
-        if !config.cert_dns_name.is_empty() {
-            table.by_dns_name.insert(config.cert_dns_name.to_ascii_lowercase(), Arc::clone(&caller));
-        }
-        if let Some(uid) = config.unix_uid {
-            table.by_uid.insert(uid, caller);
-        }
     }
-    table
-}
-
-impl Callers {
-    /// Builds the table; the configuration was validated already, so bad entries are skipped.
-    pub fn new(configs: &[CallerConfig]) -> Self {
-        Self { table: Arc::new(ArcSwap::from_pointee(build(configs))) }
+    if let Some(certs) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs()) {
+        return callers.by_certificate(&certs).ok_or_else(|| {
+            tracing::warn!(peer = ?remote_addr(extensions), "rejected a client certificate naming no caller");
+            Status::unauthenticated("the client certificate names no configured caller")
+        });
     }
-
-    /// Replaces every caller (a reloaded configuration); requests in progress keep theirs.
-    pub fn replace(&self, configs: &[CallerConfig]) {
-        self.table.store(Arc::new(build(configs)));
+    if let Some(caller) = peer_uid(extensions).and_then(|uid| callers.by_uid(uid)) {
+        return Ok(caller);
     }
-
-    /// Every caller, however it authenticates.
-    pub fn all(&self) -> Vec<Arc<Caller>> {
-        let table = self.table.load();
-        let mut all: Vec<Arc<Caller>> =
-            table.by_hash.values().chain(table.by_dns_name.values()).chain(table.by_uid.values()).cloned().collect();
-        all.sort_by(|a, b| Arc::as_ptr(a).cmp(&Arc::as_ptr(b)));
-        all.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        all
-    }
-
-    /// The caller presenting `token`. Lookup is by the token's SHA-256, so the time taken does
-    /// not depend on how much of a guessed token is right.
-    pub fn authenticate(&self, token: &str) -> Option<Arc<Caller>> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.table.load().by_hash.get(&digest).cloned()
-    }
-
-    /// The caller whose TLS client certificate (already verified against the client CA by the
-    /// handshake) names one of our callers' DNS names.
-    fn by_certificate(&self, certs: &[rustls::pki_types::CertificateDer<'static>]) -> Option<Arc<Caller>> {
-        let leaf = certs.first()?;
-        let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
-        let table = self.table.load();
-        cert.valid_dns_names().find_map(|name| table.by_dns_name.get(&name.to_ascii_lowercase()).cloned())
-    }
-
-    /// The caller whose process uid is on the other end of the Unix socket.
-    fn by_uid(&self, uid: u32) -> Option<Arc<Caller>> {
-        self.table.load().by_uid.get(&uid).cloned()
-    }
-
-    /// Who is calling, from the request's `authorization` header and its connection (the
-    /// extensions tonic's server attaches): a bearer token if one is presented (a wrong one is
-    /// refused even on a trusted socket), else the TLS client certificate, else the Unix socket
-    /// peer's uid. Failures are logged with the peer; the caller counts them per peer.
-    pub fn identify(&self, headers: &HeaderMap, extensions: &Extensions) -> Result<Arc<Caller>, Status> {
-        if let Some(header) = headers.get(http::header::AUTHORIZATION) {
-            let value = header.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
-            let token = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-                .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
-            return self.authenticate(token.trim()).ok_or_else(|| {
-                tracing::warn!(peer = ?remote_addr(extensions), "rejected an unknown bearer token");
-                Status::unauthenticated("unknown bearer token")
-            });
-        }
-        if let Some(certs) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs()) {
-            return self.by_certificate(&certs).ok_or_else(|| {
-                tracing::warn!(peer = ?remote_addr(extensions), "rejected a client certificate naming no caller");
-                Status::unauthenticated("the client certificate names no configured caller")
-            });
-        }
-        if let Some(caller) = peer_uid(extensions).and_then(|uid| self.by_uid(uid)) {
-            return Ok(caller);
-        }
-        Err(Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))
-    }
+    Err(Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))
 }
 
 /// The TCP peer of a request (plain or TLS), if it came over TCP.
@@ -231,58 +62,4 @@ pub fn peer_uid(extensions: &Extensions) -> Option<u32> {
 /// The caller the request layer attached.
 pub fn caller<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
     request.extensions().get::<Arc<Caller>>().cloned().ok_or_else(|| Status::unauthenticated("no authenticated caller"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(role: &str, token: &str, profiles: &[&str]) -> CallerConfig {
-        CallerConfig {
-            name: format!("{role}-caller"),
-            role: role.parse().unwrap(),
-            token_sha256: hash_token(token),
-            cert_dns_name: String::new(),
-            unix_uid: None,
-            profiles: profiles.iter().map(|s| (*s).to_owned()).collect(),
-        }
-    }
-
-    /// Roles grant exactly what DESIGN says; consumers are bound to their patterns.
-    #[test]
-    fn roles() {
-        let callers = Callers::new(&[
-            config("admin", "a", &[]),
-            config("viewer", "v", &[]),
-            config("consumer", "c", &["mail-*"]),
-        ]);
-        let admin = callers.authenticate("a").unwrap();
-        let viewer = callers.authenticate("v").unwrap();
-        let consumer = callers.authenticate("c").unwrap();
-        assert!(callers.authenticate("x").is_none());
-        assert!(admin.require_admin().is_ok() && admin.require_token("any").is_ok());
-        assert!(
-            viewer.require_viewer().is_ok()
-                && viewer.require_admin().is_err()
-                && viewer.require_token("mail-in").is_err()
-        );
-        assert!(consumer.require_token("mail-in").is_ok() && consumer.require_token("box").is_err());
-        assert!(consumer.require_viewer().is_err());
-    }
-
-    /// A consumer's remembered verdicts answer like its patterns, and their number is bounded.
-    #[test]
-    fn remembered_verdicts() {
-        let callers = Callers::new(&[config("consumer", "c", &["mail-*"])]);
-        let consumer = callers.authenticate("c").unwrap();
-        for round in 0..2 {
-            assert!(consumer.require_token("mail-in").is_ok(), "round {round}");
-            assert!(consumer.require_token("box").is_err(), "round {round}");
-        }
-        for i in 0..2 * MATCH_CACHE_LIMIT {
-            assert!(consumer.require_token(&format!("mail-{i}")).is_ok());
-            assert!(consumer.require_token(&format!("other-{i}")).is_err());
-        }
-        assert_eq!(consumer.matched.len(), MATCH_CACHE_LIMIT);
-    }
 }

@@ -168,9 +168,10 @@ where
     let name = profile(&request);
     let result = match caller.require_admin() {
         Ok(()) => operation(request).await,
-        Err(denied) => Err(denied),
+        Err(denied) => Err(denied.into()),
     };
-    crate::audit::admin_action(&caller, action, &name, result.as_ref().map(|_| ()));
+    let code = result.as_ref().err().map(|status| format!("{:?}", status.code()));
+    crate::access::audit::admin_action(&caller.name, action, &name, code.as_deref().map_or(Ok(()), Err));
     result.map(Response::new)
 }
 

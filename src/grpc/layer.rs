@@ -23,7 +23,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 use tower_layer::Layer;
 
-use super::auth::{Callers, peer_uid, remote_addr};
+use super::auth::{Callers, identify, peer_uid, remote_addr};
 use super::peer_limit::{FailureOutcome, PeerKey, PeerLimiter};
 use crate::config::AuthLimitConfig;
 use crate::metrics::{GrpcMetrics, MethodMetrics, UNKNOWN_METHOD};
@@ -125,7 +125,7 @@ impl<S> RequestService<S> {
                 left.as_secs().max(1)
             )));
         }
-        match self.shared.callers.identify(request.headers(), request.extensions()) {
+        match identify(&self.shared.callers, request.headers(), request.extensions()) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 Ok(())

@@ -109,7 +109,8 @@ impl Maintenance for MaintenanceService {
     async fn backup(&self, request: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         let caller = caller(&request)?;
         let allowed = caller.require_admin();
-        crate::audit::admin_action(&caller, "Backup", "", allowed.as_ref().map(|_| ()));
+        let refused = allowed.is_err().then_some("PermissionDenied");
+        crate::access::audit::admin_action(&caller.name, "Backup", "", refused.map_or(Ok(()), Err));
         allowed?;
         let (sender, receiver) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
         let store = Arc::clone(self.admin.engine().store());

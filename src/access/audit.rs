@@ -10,8 +10,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{Clock, UnixMillis};
-use crate::grpc::auth::{Caller, Callers};
+use crate::clock::UnixMillis;
 
 /// Hand-outs of one profile's tokens to one caller since the last write.
 #[derive(Debug, Default)]
@@ -42,6 +41,22 @@ impl HandoutTallies {
         tally.token_version.store(token_version, Ordering::Relaxed);
     }
 
+    /// Writes and resets the tallies gathered since the last write, one audit record per profile.
+    pub fn write(&self, caller: &str) {
+        for (profile, count, first_ms, last_ms, token_version) in self.drain() {
+            tracing::info!(
+                target: "audit",
+                caller,
+                profile,
+                count,
+                first_ms,
+                last_ms,
+                token_version,
+                "token hand-outs"
+            );
+        }
+    }
+
     /// Takes the tallies gathered since the last call: (profile, count, first, last, version).
     fn drain(&self) -> Vec<(String, u64, UnixMillis, UnixMillis, u64)> {
         let mut out = Vec::new();
@@ -62,26 +77,27 @@ impl HandoutTallies {
     }
 }
 
-/// Writes one admin action.
-pub fn admin_action(caller: &Caller, action: &str, profile: &str, outcome: Result<(), &tonic::Status>) {
+/// Writes one admin action; a refusal or failure names its code (e.g. `PermissionDenied`).
+pub fn admin_action(caller: &str, action: &str, profile: &str, outcome: Result<(), &str>) {
     match outcome {
         Ok(()) => {
-            tracing::info!(target: "audit", caller = %caller.name, action, profile, outcome = "ok", "admin action")
+            tracing::info!(target: "audit", caller, action, profile, outcome = "ok", "admin action")
         }
-        Err(status) => tracing::info!(
+        Err(code) => tracing::info!(
             target: "audit",
-            caller = %caller.name,
+            caller,
             action,
             profile,
             outcome = "error",
-            code = ?status.code(),
+            code,
             "admin action"
         ),
     }
 }
 
-/// Writes the hand-out tallies of every caller every `every`, and once more at shutdown.
-pub fn spawn_handout_writer(callers: Callers, clock: Arc<dyn Clock>, every: Duration, shutdown: CancellationToken) {
+/// Runs `write` (which writes every caller's tallies, see [`HandoutTallies::write`]) every
+/// `every`, and once more at shutdown.
+pub fn spawn_handout_writer(write: impl Fn() + Send + 'static, every: Duration, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         ticker.tick().await;
@@ -90,28 +106,10 @@ pub fn spawn_handout_writer(callers: Callers, clock: Arc<dyn Clock>, every: Dura
                 _ = shutdown.cancelled() => true,
                 _ = ticker.tick() => false,
             };
-            write_handouts(&callers, clock.now_ms());
+            write();
             if stop {
                 return;
             }
         }
     });
-}
-
-/// Writes and resets the tallies gathered so far.
-pub fn write_handouts(callers: &Callers, _now: UnixMillis) {
-    for caller in &callers.all() {
-        for (profile, count, first_ms, last_ms, token_version) in caller.handouts.drain() {
-            tracing::info!(
-                target: "audit",
-                caller = %caller.name,
-                profile,
-                count,
-                first_ms,
-                last_ms,
-                token_version,
-                "token hand-outs"
-            );
-        }
-    }
 }

@@ -442,7 +442,7 @@ fn seed_one(store: &SledStore, keys: &KeyRing, plan: &Plan, i: u32, token_endpoi
         provider: "custom".into(),
         grant: pb::Grant::AuthorizationCode as i32,
         client_id: "bench-client".into(),
-        client_secret_sealed: keys.seal(Purpose::ClientSecret, &name, b"bench-secret"),
+        client_secret_sealed: keys.seal(Purpose::ClientSecret, &name, b"bench-secret").unwrap(),
         scopes: vec!["files.read".into()],
         token_endpoint: token_endpoint.to_owned(),
         create_time_ms: issued,
@@ -453,8 +453,10 @@ fn seed_one(store: &SledStore, keys: &KeyRing, plan: &Plan, i: u32, token_endpoi
     let access = fast_provider::access_token(filler, i, 0);
     let record = ConnectionRecord {
         status: pb::Status::Connected as i32,
-        access_token_sealed: keys.seal(Purpose::AccessToken, &name, access.as_bytes()),
-        refresh_token_sealed: keys.seal(Purpose::RefreshToken, &name, fast_provider::refresh_token(i, 0).as_bytes()),
+        access_token_sealed: keys.seal(Purpose::AccessToken, &name, access.as_bytes()).unwrap(),
+        refresh_token_sealed: keys
+            .seal(Purpose::RefreshToken, &name, fast_provider::refresh_token(i, 0).as_bytes())
+            .unwrap(),
         token_type: "Bearer".into(),
         scopes: vec!["files.read".into()],
         expires_at_ms: plan.expires(i),

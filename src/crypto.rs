@@ -43,6 +43,10 @@ pub enum CryptoError {
     /// The value is too short or of an unknown version.
     #[error("sealed value is malformed")]
     Malformed,
+    /// Sealing failed (no active key in the ring, or a value beyond the cipher's limit). An
+    /// error, never an empty value: elsewhere empty means "no secret held".
+    #[error("sealing a value failed: {0}")]
+    Seal(&'static str),
     /// The key material is not base64 of 32 bytes.
     #[error("key is not base64 of {KEY_LEN} bytes")]
     BadKey,
@@ -163,29 +167,29 @@ impl KeyRing {
     }
 
     /// Seals `plaintext` for `owner` (a profile name, or "" for store-wide values).
-    pub fn seal(&self, purpose: Purpose, owner: &str, plaintext: &[u8]) -> Vec<u8> {
+    pub fn seal(&self, purpose: Purpose, owner: &str, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let current = self.current.load();
-        let Some(key) = current.keys.get(&current.active) else {
-            // The active key is always in the ring: both constructors put it there.
-            return Vec::new();
-        };
+        // The active key is always in the ring (both constructors put it there); should that
+        // ever break, the write fails loudly instead of storing an empty "no secret" value.
+        let key = current.keys.get(&current.active).ok_or(CryptoError::Seal("the active key is not in the ring"))?;
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let nonce = XNonce::from(nonce_bytes);
         let aad = associated_data(purpose, owner);
-        let Ok(ciphertext) = key.cipher.encrypt(&nonce, Payload { msg: plaintext, aad: &aad }) else {
-            // XChaCha20-Poly1305 encryption fails only for messages beyond 256 GiB.
-            return Vec::new();
-        };
+        // XChaCha20-Poly1305 encryption fails only for messages beyond 256 GiB.
+        let ciphertext = key
+            .cipher
+            .encrypt(&nonce, Payload { msg: plaintext, aad: &aad })
+            .map_err(|_| CryptoError::Seal("the cipher refused the value"))?;
         let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
         out.push(SEALED_VERSION);
         out.extend_from_slice(&key.id.to_be_bytes());
         out.extend_from_slice(&nonce_bytes);
         out.extend_from_slice(&ciphertext);
-        out
+        Ok(out)
     }
 
     /// Seals a secret string.
-    pub fn seal_secret(&self, purpose: Purpose, owner: &str, secret: &SecretString) -> Vec<u8> {
+    pub fn seal_secret(&self, purpose: Purpose, owner: &str, secret: &SecretString) -> Result<Vec<u8>, CryptoError> {
         self.seal(purpose, owner, secret.expose_secret().as_bytes())
     }
 
@@ -280,7 +284,7 @@ mod tests {
     #[test]
     fn seal_binds_purpose_and_owner() {
         let ring = ring();
-        let sealed = ring.seal(Purpose::RefreshToken, "box-ops", b"rt-1");
+        let sealed = ring.seal(Purpose::RefreshToken, "box-ops", b"rt-1").unwrap();
         assert_eq!(&**ring.open(Purpose::RefreshToken, "box-ops", &sealed).unwrap(), b"rt-1");
         assert!(matches!(ring.open(Purpose::RefreshToken, "other", &sealed), Err(CryptoError::Open)));
         assert!(matches!(ring.open(Purpose::AccessToken, "box-ops", &sealed), Err(CryptoError::Open)));
@@ -290,7 +294,7 @@ mod tests {
     /// A different key does not open the value and is named by its id.
     #[test]
     fn wrong_key_is_detected() {
-        let sealed = ring().seal(Purpose::Canary, "", b"canary");
+        let sealed = ring().seal(Purpose::Canary, "", b"canary").unwrap();
         let other = KeyRing::single(&[8u8; KEY_LEN]);
         assert!(matches!(other.open(Purpose::Canary, "", &sealed), Err(CryptoError::UnknownKey(_))));
     }
@@ -299,11 +303,11 @@ mod tests {
     #[test]
     fn replaced_ring_takes_over() {
         let ring = ring();
-        let old = ring.seal(Purpose::RefreshToken, "p", b"rt");
+        let old = ring.seal(Purpose::RefreshToken, "p", b"rt").unwrap();
         ring.replace(KeyRing::from_keys(&[Zeroizing::new([9u8; KEY_LEN]), Zeroizing::new([7u8; KEY_LEN])]).unwrap());
         assert_eq!(ring.active_id(), key_id(&[9u8; KEY_LEN]));
         assert_eq!(&**ring.open(Purpose::RefreshToken, "p", &old).unwrap(), b"rt");
-        let new = ring.seal(Purpose::RefreshToken, "p", b"rt");
+        let new = ring.seal(Purpose::RefreshToken, "p", b"rt").unwrap();
         assert_eq!(KeyRing::sealed_key_id(&new), Some(key_id(&[9u8; KEY_LEN])));
         ring.replace(KeyRing::single(&[9u8; KEY_LEN]));
         assert!(matches!(ring.open(Purpose::RefreshToken, "p", &old), Err(CryptoError::UnknownKey(_))));
@@ -314,7 +318,7 @@ mod tests {
     #[test]
     fn tampering_is_detected() {
         let ring = ring();
-        let mut sealed = ring.seal(Purpose::AccessToken, "p", b"at");
+        let mut sealed = ring.seal(Purpose::AccessToken, "p", b"at").unwrap();
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
         assert!(ring.open(Purpose::AccessToken, "p", &sealed).is_err());
@@ -324,10 +328,10 @@ mod tests {
     /// A ring of two keys opens values of both and seals under the first.
     #[test]
     fn key_ring_rotation() {
-        let old = ring().seal(Purpose::ClientSecret, "p", b"s");
+        let old = ring().seal(Purpose::ClientSecret, "p", b"s").unwrap();
         let ring2 = KeyRing::from_keys(&[Zeroizing::new([9u8; KEY_LEN]), Zeroizing::new([7u8; KEY_LEN])]).unwrap();
         assert_eq!(&**ring2.open(Purpose::ClientSecret, "p", &old).unwrap(), b"s");
-        let new = ring2.seal(Purpose::ClientSecret, "p", b"s");
+        let new = ring2.seal(Purpose::ClientSecret, "p", b"s").unwrap();
         assert_eq!(KeyRing::sealed_key_id(&new), Some(key_id(&[9u8; KEY_LEN])));
     }
 
@@ -338,5 +342,18 @@ mod tests {
         assert!(decode_key(&text).is_ok());
         assert!(decode_key("not base64!").is_err());
         assert!(decode_key("AAAA").is_err());
+    }
+
+    proptest::proptest! {
+        /// #13 item 10: sealing never yields an empty value (which the store reads as "no
+        /// secret held"): any value, owner and purpose seals to something that opens again.
+        /// Failure is an error (`CryptoError::Seal`) that stops the write.
+        #[test]
+        fn sealing_never_yields_an_empty_value(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048), owner in "[a-z0-9._-]{0,63}") {
+            let ring = ring();
+            let sealed = ring.seal(Purpose::AccessToken, &owner, &value).unwrap();
+            proptest::prop_assert!(sealed.len() > HEADER_LEN);
+            proptest::prop_assert_eq!(&**ring.open(Purpose::AccessToken, &owner, &sealed).unwrap(), value.as_slice());
+        }
     }
 }

@@ -93,7 +93,7 @@ impl Admin {
         let key = consent_key(&state);
         let consent = ConsentRecord {
             profile: name.to_owned(),
-            pkce_verifier_sealed: self.engine.keys().seal_secret(Purpose::PkceVerifier, name, &start.pkce_verifier),
+            pkce_verifier_sealed: self.engine.seal(Purpose::PkceVerifier, name, &start.pkce_verifier)?,
             redirect_uri: settings.redirect_uri.as_ref().map(|u| u.to_string()).unwrap_or_default(),
             created_at_ms: now,
             expires_at_ms: expires_at,

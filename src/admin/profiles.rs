@@ -48,7 +48,7 @@ impl Admin {
             ProfileRecord { name: input.name.clone(), create_time_ms: now, update_time_ms: now, ..Default::default() };
         let secret = profile::apply_input(&mut record, input, None)?;
         if let Some(secret) = &secret {
-            record.client_secret_sealed = self.engine.keys().seal_secret(Purpose::ClientSecret, &record.name, secret);
+            record.client_secret_sealed = self.engine.seal(Purpose::ClientSecret, &record.name, secret)?;
         }
         self.prepare(&mut record, true).await?;
         let connection = ConnectionRecord { status: pb::Status::NotConnected as i32, ..Default::default() };
@@ -139,7 +139,7 @@ impl Admin {
         }
         let secret = profile::apply_input(&mut record, input, mask)?;
         if let Some(secret) = &secret {
-            record.client_secret_sealed = self.engine.keys().seal_secret(Purpose::ClientSecret, &record.name, secret);
+            record.client_secret_sealed = self.engine.seal(Purpose::ClientSecret, &record.name, secret)?;
         }
         record.update_time_ms = self.engine.clock().now_ms();
         self.prepare(&mut record, profile::names_issuer(mask)).await?;
@@ -190,7 +190,7 @@ impl Admin {
                     secrecy::ExposeSecret::expose_secret(&old) == secrecy::ExposeSecret::expose_secret(secret)
                 });
             if !unchanged {
-                record.client_secret_sealed = keys.seal_secret(Purpose::ClientSecret, &record.name, secret);
+                record.client_secret_sealed = self.engine.seal(Purpose::ClientSecret, &record.name, secret)?;
             }
         }
         record.managed = true;

@@ -84,6 +84,10 @@ fn with_sealed_fields<R>(
         }
         SealedTree::Connections => {
             let mut record: ConnectionRecord = decode("connections", bytes)?;
+            // A re-sealed connection is a new version: a writer that read it before (a refresh in
+            // flight) then fails its compare-and-swap and retries on the re-sealed record,
+            // instead of writing back values sealed under a key about to be dropped.
+            record.version += 1;
             let owner = String::from_utf8_lossy(key).into_owned();
             let out = visit(
                 &owner,
@@ -144,8 +148,14 @@ fn reseal_pass(store: &dyn Store, keys: &KeyRing) -> Result<(u64, u64), StoreErr
                     }
                     match keys.open(field.purpose, owner, field.bytes) {
                         Ok(plain) => {
-                            *field.bytes = keys.seal(field.purpose, owner, &plain);
-                            changed = true;
+                            match keys.seal(field.purpose, owner, &plain) {
+                                Ok(sealed) => {
+                                    *field.bytes = sealed;
+                                    changed = true;
+                                }
+                                // Left as it is (still sealed under its old key) and counted.
+                                Err(_) => unreadable += 1,
+                            }
                         }
                         Err(_) => unreadable += 1,
                     }
@@ -161,7 +171,9 @@ fn reseal_pass(store: &dyn Store, keys: &KeyRing) -> Result<(u64, u64), StoreErr
     {
         match keys.open(Purpose::Canary, "", &sealed) {
             Ok(plain) if plain.as_slice() == CANARY_TEXT => {
-                store.set_meta(CANARY_META_KEY, &keys.seal(Purpose::Canary, "", CANARY_TEXT))?;
+                let canary =
+                    keys.seal(Purpose::Canary, "", CANARY_TEXT).map_err(|e| StoreError::Engine(e.to_string()))?;
+                store.set_meta(CANARY_META_KEY, &canary)?;
                 resealed += 1;
             }
             _ => unreadable += 1,

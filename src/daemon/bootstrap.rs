@@ -91,15 +91,13 @@ pub fn open_keys(
             }
             if crypto::KeyRing::sealed_key_id(&sealed) != Some(ring.active_id()) {
                 // Re-seal the canary under the active key so the old key can be retired later.
-                store
-                    .set_meta(CANARY_KEY, &ring.seal(Purpose::Canary, "", CANARY_TEXT))
-                    .map_err(|e| StartError::Data(e.to_string()))?;
+                let canary = ring.seal(Purpose::Canary, "", CANARY_TEXT).map_err(|e| StartError::Key(e.to_string()))?;
+                store.set_meta(CANARY_KEY, &canary).map_err(|e| StartError::Data(e.to_string()))?;
             }
         }
         None => {
-            store
-                .set_meta(CANARY_KEY, &ring.seal(Purpose::Canary, "", CANARY_TEXT))
-                .map_err(|e| StartError::Data(e.to_string()))?;
+            let canary = ring.seal(Purpose::Canary, "", CANARY_TEXT).map_err(|e| StartError::Key(e.to_string()))?;
+            store.set_meta(CANARY_KEY, &canary).map_err(|e| StartError::Data(e.to_string()))?;
             store.flush().map_err(|e| StartError::Data(e.to_string()))?;
         }
     }

@@ -47,11 +47,14 @@ pub struct SlotState {
     pub status: pb::Status,
     /// No on-demand refresh before this time (transient failures back off).
     pub backoff_until_ms: UnixMillis,
+    /// The version of the stored connection this state stands for: the cache only ever moves to
+    /// a newer one, so a writer that publishes late cannot undo a later write.
+    pub version: u64,
 }
 
 impl Default for SlotState {
     fn default() -> Self {
-        Self { token: None, status: pb::Status::NotConnected, backoff_until_ms: 0 }
+        Self { token: None, status: pb::Status::NotConnected, backoff_until_ms: 0, version: 0 }
     }
 }
 
@@ -102,12 +105,20 @@ impl TokenCache {
         }
     }
 
-    /// Sets a profile's state, creating its slot if needed.
+    /// Sets a profile's state, creating its slot if needed, unless the slot already shows a
+    /// newer version of the connection (a write published late loses to a later one).
     pub fn set(&self, name: &str, state: SlotState) {
+        let state = Arc::new(state);
         match self.slots.get(name) {
-            Some(slot) => slot.state.store(Arc::new(state)),
+            Some(slot) => {
+                slot.state.rcu(
+                    |current| if state.version >= current.version { Arc::clone(&state) } else { Arc::clone(current) },
+                );
+            }
             None => {
-                self.slots.entry(name.to_owned()).or_insert_with(|| Arc::new(Slot::new(state)));
+                self.slots
+                    .entry(name.to_owned())
+                    .or_insert_with(|| Arc::new(Slot { state: ArcSwap::new(state), flight: Mutex::new(None) }));
             }
         }
     }

@@ -29,6 +29,9 @@ pub enum EngineError {
     /// A sealed secret did not open (wrong key).
     #[error("a stored secret of profile {0:?} does not open with the configured key")]
     Sealed(String),
+    /// A secret of the profile could not be sealed, so nothing was written.
+    #[error("sealing a secret of profile {0:?} failed; nothing was written")]
+    SealFailed(String),
 }
 
 impl From<StoreError> for EngineError {

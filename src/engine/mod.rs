@@ -212,7 +212,7 @@ impl Engine {
         };
         let status = status_of(c);
         let backoff_until_ms = if status == pb::Status::RefreshFailing { c.next_refresh_at_ms } else { 0 };
-        SlotState { token, status, backoff_until_ms }
+        SlotState { token, status, backoff_until_ms, version: c.version }
     }
 
     /// Waits for a turn at the provider serving `endpoint`.
@@ -341,3 +341,6 @@ impl Engine {
 pub fn status_of(c: &ConnectionRecord) -> pb::Status {
     c.status()
 }
+
+#[cfg(test)]
+mod tests;

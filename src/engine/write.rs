@@ -9,6 +9,7 @@ use crate::api::pb::profile_event::Kind;
 use crate::crypto::Purpose;
 use crate::provider::TokenSet;
 use crate::store::{ConnectionRecord, ConnectionWrite, ProfileRecord, StoreError};
+use secrecy::SecretString;
 
 /// How often a token write retries onto a newer version before giving up.
 const WRITE_ATTEMPTS: usize = 3;
@@ -50,6 +51,15 @@ impl Engine {
         self.publish(name, kind, status_of(before), status_of(stored));
     }
 
+    /// Seals a secret of profile `name` under the active key; a failure is an error that stops
+    /// the write (an empty value would read as "no secret held").
+    pub fn seal(&self, purpose: Purpose, name: &str, secret: &SecretString) -> Result<Vec<u8>, EngineError> {
+        self.keys.seal_secret(purpose, name, secret).map_err(|e| {
+            tracing::error!(profile = name, error = %e, "sealing a secret failed");
+            EngineError::SealFailed(name.to_owned())
+        })
+    }
+
     /// Makes every write so far durable, off the async runtime; concurrent writers share one
     /// flush (group commit).
     pub async fn flush(&self) -> Result<(), EngineError> {
@@ -70,7 +80,7 @@ impl Engine {
         let name = profile.name.as_str();
         let rotated = tokens.refresh_token.is_some();
         for _ in 0..WRITE_ATTEMPTS {
-            let record = self.token_record(profile, &before, &tokens, extras.connected);
+            let record = self.token_record(profile, &before, &tokens, extras.connected)?;
             let write =
                 ConnectionWrite::replacing(name, &before, record).removing_consent(extras.remove_consent.clone());
             match self.store.write_connection(write) {
@@ -84,10 +94,12 @@ impl Engine {
                 }
                 Err(StoreError::Conflict { .. }) => {
                     let current = self.store.connection(name)?.unwrap_or_default();
-                    // Another writer rotated or disconnected meanwhile: its state wins.
-                    if current.refresh_token_sealed != before.refresh_token_sealed
-                        || current.access_token_sealed.is_empty() != before.access_token_sealed.is_empty()
-                    {
+                    // A new consent replaces whatever is there. A refresh gives way when another
+                    // writer stored a new token set or disconnected meanwhile (their state wins);
+                    // any other change (a status, a re-seal under a new key) it writes over.
+                    let moved_on = current.token_version != before.token_version
+                        || current.access_token_sealed.is_empty() != before.access_token_sealed.is_empty();
+                    if moved_on && !extras.connected {
                         return Err(EngineError::Aborted(name.to_owned()));
                     }
                     before = current;
@@ -105,7 +117,7 @@ impl Engine {
         before: &ConnectionRecord,
         tokens: &TokenSet,
         connected: bool,
-    ) -> ConnectionRecord {
+    ) -> Result<ConnectionRecord, EngineError> {
         let name = profile.name.as_str();
         let now = self.clock.now_ms();
         let policy = self.settings.refresh.for_profile(profile);
@@ -120,10 +132,16 @@ impl Engine {
         let expires_at = now + lifetime.as_millis() as i64;
         let mut record = before.clone();
         record.status = pb::Status::Connected as i32;
-        record.access_token_sealed = self.keys.seal_secret(Purpose::AccessToken, name, &tokens.access_token);
-        // A reply without a refresh token keeps the stored one (RFC 6749 §6).
-        if let Some(refresh) = &tokens.refresh_token {
-            record.refresh_token_sealed = self.keys.seal_secret(Purpose::RefreshToken, name, refresh);
+        record.access_token_sealed = self.seal(Purpose::AccessToken, name, &tokens.access_token)?;
+        match (&tokens.refresh_token, connected) {
+            (Some(refresh), _) => {
+                record.refresh_token_sealed = self.seal(Purpose::RefreshToken, name, refresh)?;
+            }
+            // A new consent replaces the token set whole: the previous grant's refresh token
+            // would refresh into the account that was connected before.
+            (None, true) => record.refresh_token_sealed.clear(),
+            // A refresh reply without a refresh token keeps the stored one (RFC 6749 §6).
+            (None, false) => {}
         }
         record.refresh_token_expires_at_ms = if record.refresh_token_sealed.is_empty() {
             0
@@ -154,10 +172,10 @@ impl Engine {
             record.pending_consent.clear();
             record.connected_account = tokens.account.clone().unwrap_or_default();
         }
-        if !tokens.metadata.is_empty() {
+        if connected || !tokens.metadata.is_empty() {
             record.token_metadata = tokens.metadata.clone();
         }
-        record
+        Ok(record)
     }
 
     /// Logs a warning when the refresh token is expected to die soon with nothing planned to

@@ -26,7 +26,7 @@ pub fn engine_status(error: &EngineError) -> Status {
         EngineError::Provider(ProviderError::Transient { .. } | ProviderError::BadReply { .. }) => Code::Unavailable,
         EngineError::Provider(_) => Code::FailedPrecondition,
         EngineError::Aborted(_) => Code::Aborted,
-        EngineError::Storage(_) | EngineError::Sealed(_) => Code::Internal,
+        EngineError::Storage(_) | EngineError::Sealed(_) | EngineError::SealFailed(_) => Code::Internal,
     };
     if code == Code::Internal {
         tracing::error!(error = %error, "internal error");

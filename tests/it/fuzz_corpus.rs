@@ -100,10 +100,11 @@ fn write_binary_seeds() {
     let ring = KeyRing::single(&[7; 32]);
     let other_ring = KeyRing::single(&[8; 32]);
     // Owners the fuzz check never opens with ("p" and "" are tried), so none of these opens.
-    let sealed_rt = ring.seal(Purpose::RefreshToken, "box-ops", b"rt-8f3e2c1d9a7b6e5f");
-    let sealed_at = ring.seal(Purpose::AccessToken, "box-ops", b"ya29.a0AfB_byC-example-access-token");
-    let sealed_secret = ring.seal(Purpose::ClientSecret, "google-mail", b"GOCSPX-example-client-secret");
-    let sealed_pkce = ring.seal(Purpose::PkceVerifier, "box-ops", b"dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
+    let sealed_rt = ring.seal(Purpose::RefreshToken, "box-ops", b"rt-8f3e2c1d9a7b6e5f").unwrap();
+    let sealed_at = ring.seal(Purpose::AccessToken, "box-ops", b"ya29.a0AfB_byC-example-access-token").unwrap();
+    let sealed_secret = ring.seal(Purpose::ClientSecret, "google-mail", b"GOCSPX-example-client-secret").unwrap();
+    let sealed_pkce =
+        ring.seal(Purpose::PkceVerifier, "box-ops", b"dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk").unwrap();
 
     let profile = ProfileRecord {
         name: "google-mail".into(),
@@ -194,14 +195,14 @@ fn write_binary_seeds() {
     write("sealed_value", "refresh-token-other-owner", &sealed_rt);
     write("sealed_value", "access-token-other-owner", &sealed_at);
     write("sealed_value", "client-secret-other-owner", &sealed_secret);
-    write("sealed_value", "other-key", &other_ring.seal(Purpose::RefreshToken, "p", b"rt-under-another-key"));
-    write("sealed_value", "canary-other-key", &other_ring.seal(Purpose::Canary, "", b"tokend canary"));
+    write("sealed_value", "other-key", &other_ring.seal(Purpose::RefreshToken, "p", b"rt-under-another-key").unwrap());
+    write("sealed_value", "canary-other-key", &other_ring.seal(Purpose::Canary, "", b"tokend canary").unwrap());
     write("sealed_value", "truncated-header", &sealed_rt[..20]);
     write("sealed_value", "header-only", &sealed_rt[..29]);
     let mut version2 = sealed_rt.clone();
     version2[0] = 2;
     write("sealed_value", "unknown-version", &version2);
-    let mut flipped = ring.seal(Purpose::RefreshToken, "q", b"rt-tampered");
+    let mut flipped = ring.seal(Purpose::RefreshToken, "q", b"rt-tampered").unwrap();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
     write("sealed_value", "tampered-tag", &flipped);

@@ -1,0 +1,272 @@
+//! Interleavings of the engine's write step, driven deterministically: a store whose flush waits
+//! at a gate the test opens, a manual clock, fixed jitter. No provider is called: the tests hand
+//! token sets to the same `store_tokens` a refresh or a consent ends in.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::admin::Admin;
+use crate::api::pb::profile_event::Kind;
+use crate::clock::{FixedJitter, ManualClock, UnixMillis};
+use crate::provider::{HttpOptions, ProviderHttp, TokenSet};
+use crate::store::{
+    ConnectionWrite, DueEntry, DumpEntry, EntryVisit, RecordRewrite, Rewritten, SealedTree, SledStore, StoreError,
+};
+
+/// A sled store whose `flush` waits while the gate is closed: the window between a write and
+/// its publish, held open for as long as a test needs.
+struct GatedStore {
+    inner: SledStore,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl GatedStore {
+    fn new() -> (Arc<Self>, Gate) {
+        let gate = Arc::new((Mutex::new(true), Condvar::new()));
+        (Arc::new(Self { inner: SledStore::temporary().unwrap(), gate: Arc::clone(&gate) }), Gate(gate))
+    }
+}
+
+/// Opens and closes a [`GatedStore`]'s flush gate.
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn set(&self, open: bool) {
+        *self.0.0.lock().unwrap() = open;
+        self.0.1.notify_all();
+    }
+}
+
+impl Store for GatedStore {
+    fn profile(&self, name: &str) -> Result<Option<ProfileRecord>, StoreError> {
+        self.inner.profile(name)
+    }
+    fn connection(&self, name: &str) -> Result<Option<ConnectionRecord>, StoreError> {
+        self.inner.connection(name)
+    }
+    fn profiles_after(&self, after: &str, limit: usize) -> Result<Vec<(ProfileRecord, ConnectionRecord)>, StoreError> {
+        self.inner.profiles_after(after, limit)
+    }
+    fn connections(&self) -> Result<Vec<(String, ConnectionRecord)>, StoreError> {
+        self.inner.connections()
+    }
+    fn insert_profile(&self, profile: &ProfileRecord, connection: &ConnectionRecord) -> Result<(), StoreError> {
+        self.inner.insert_profile(profile, connection)
+    }
+    fn replace_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError> {
+        self.inner.replace_profile(profile)
+    }
+    fn remove_profile(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.remove_profile(name)
+    }
+    fn write_connection(&self, write: ConnectionWrite) -> Result<ConnectionRecord, StoreError> {
+        self.inner.write_connection(write)
+    }
+    fn consent(&self, key: &[u8]) -> Result<Option<crate::store::ConsentRecord>, StoreError> {
+        self.inner.consent(key)
+    }
+    fn consents(&self) -> Result<Vec<(Vec<u8>, crate::store::ConsentRecord)>, StoreError> {
+        self.inner.consents()
+    }
+    fn due(&self, up_to: UnixMillis, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
+        self.inner.due(up_to, limit)
+    }
+    fn earliest_due(&self) -> Result<Option<DueEntry>, StoreError> {
+        self.inner.earliest_due()
+    }
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.meta(key)
+    }
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.set_meta(key, value)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        let (open, changed) = &*self.gate;
+        let mut guard = open.lock().unwrap();
+        while !*guard {
+            guard = changed.wait(guard).unwrap();
+        }
+        self.inner.flush()
+    }
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.inner.size_on_disk()
+    }
+    fn dump(&self) -> Result<Vec<DumpEntry>, StoreError> {
+        self.inner.dump()
+    }
+    fn restore(&self, entries: &[DumpEntry]) -> Result<(), StoreError> {
+        self.inner.restore(entries)
+    }
+    fn for_each_entry(&self, visit: &mut EntryVisit<'_>) -> Result<(), StoreError> {
+        self.inner.for_each_entry(visit)
+    }
+    fn for_each_connection_name(&self, visit: &mut dyn FnMut(&str) -> bool) -> Result<(), StoreError> {
+        self.inner.for_each_connection_name(visit)
+    }
+    fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError> {
+        self.inner.rewrite_records(tree, rewrite)
+    }
+}
+
+const FIRST_KEY: [u8; 32] = [7; 32];
+const SECOND_KEY: [u8; 32] = [9; 32];
+
+fn policy() -> RefreshPolicy {
+    RefreshPolicy {
+        skew_ratio: 0.2,
+        skew_floor: Duration::from_secs(120),
+        jitter_ratio: 0.1,
+        default_lifetime: Duration::from_secs(3600),
+        min_valid_for: Duration::from_secs(60),
+        backoff_initial: Duration::from_secs(5),
+        backoff_max: Duration::from_secs(300),
+        on_demand: false,
+        max_idle: None,
+        refresh_token_warning: Duration::from_secs(7 * 86_400),
+    }
+}
+
+/// An engine over `store` with one profile, "p", created (not connected).
+fn engine_with_profile(store: Arc<dyn Store>) -> (Arc<Engine>, ProfileRecord) {
+    let settings = EngineSettings {
+        callback_url: "http://127.0.0.1:1/oauth/callback".into(),
+        allow_insecure_http: true,
+        refresh: policy(),
+        max_concurrent_refreshes: 4,
+        soft_timeout: Duration::from_secs(5),
+        provider_rate: 100.0,
+        provider_burst: 10,
+    };
+    let provider = Provider::new(ProviderHttp::new(&HttpOptions::default()).unwrap());
+    let clock = Arc::new(ManualClock::new(1_000_000_000));
+    let keys = Arc::new(KeyRing::single(&FIRST_KEY));
+    let engine = Engine::new(store, keys, provider, clock, Arc::new(FixedJitter(0.5)), settings);
+    let profile = ProfileRecord {
+        name: "p".into(),
+        provider: "custom".into(),
+        client_id: "client".into(),
+        token_endpoint: "http://127.0.0.1:1/token".into(),
+        ..Default::default()
+    };
+    engine.store().insert_profile(&profile, &ConnectionRecord::default()).unwrap();
+    engine.created("p");
+    (engine, profile)
+}
+
+fn tokens(access: &str, refresh: Option<&str>) -> TokenSet {
+    TokenSet {
+        access_token: SecretString::from(access.to_owned()),
+        refresh_token: refresh.map(|r| SecretString::from(r.to_owned())),
+        token_type: "Bearer".into(),
+        expires_in: Some(Duration::from_secs(3600)),
+        raw_expires_in: Some(3600),
+        scopes: None,
+        refresh_token_expires_in: None,
+        account: None,
+        metadata: Default::default(),
+    }
+}
+
+/// Connects "p" as a consent would, with `refresh` as its refresh token.
+async fn connect(engine: &Engine, profile: &ProfileRecord, access: &str, refresh: Option<&str>) -> ConnectionRecord {
+    let before = engine.store().connection("p").unwrap().unwrap_or_default();
+    let extras = TokenWriteExtras { remove_consent: None, connected: true };
+    engine.store_tokens(profile, before, tokens(access, refresh), extras, Kind::StatusChanged).await.unwrap()
+}
+
+fn served(engine: &Engine) -> Option<String> {
+    use secrecy::ExposeSecret as _;
+    engine.cached("p").and_then(|s| s.token.as_ref().map(|t| t.access_token.expose_secret().to_owned()))
+}
+
+/// Regression (#13 item 3): a refresh waits for its flush between its write and its publish; a
+/// Disconnect that lands in that window must not be undone in the cache by the refresh's older
+/// record when the flush ends. Before the fix the cache served the disconnected profile's new
+/// token until it expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_never_moves_backwards() {
+    let (store, gate) = GatedStore::new();
+    let (engine, profile) = engine_with_profile(store);
+    let connected = connect(&engine, &profile, "a1", Some("r1")).await;
+    assert_eq!(served(&engine).as_deref(), Some("a1"));
+
+    gate.set(false);
+    let refresh = {
+        let (engine, profile) = (Arc::clone(&engine), profile.clone());
+        tokio::spawn(async move {
+            let extras = TokenWriteExtras::default();
+            engine.store_tokens(&profile, connected, tokens("a2", Some("r2")), extras, Kind::Refreshed).await
+        })
+    };
+    // The refresh has written its record and waits for the flush.
+    let written = loop {
+        let current = engine.store().connection("p").unwrap().unwrap();
+        if current.token_version == 2 {
+            break current;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    // A Disconnect lands in the window.
+    let disconnected = ConnectionRecord {
+        status: pb::Status::NotConnected as i32,
+        token_version: written.token_version,
+        ..Default::default()
+    };
+    engine.write(&written, ConnectionWrite::replacing("p", &written, disconnected), Kind::Updated).unwrap();
+    assert_eq!(served(&engine), None, "disconnected");
+
+    gate.set(true);
+    refresh.await.unwrap().unwrap();
+    assert_eq!(served(&engine), None, "the refresh's older record must not be published over the disconnect");
+    assert_eq!(engine.cached("p").unwrap().status, pb::Status::NotConnected);
+}
+
+/// Regression (#13 item 4): a new consent replaces the token set whole. A code exchange whose
+/// reply has no refresh token must not keep the previous grant's refresh token (which would
+/// refresh into the old account).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_consent_replaces_the_whole_token_set() {
+    let (store, _gate) = GatedStore::new();
+    let (engine, profile) = engine_with_profile(store);
+    connect(&engine, &profile, "old-account-access", Some("old-account-refresh")).await;
+    let reconnected = connect(&engine, &profile, "new-account-access", None).await;
+    assert!(reconnected.refresh_token_sealed.is_empty(), "the old grant's refresh token was kept");
+    assert_eq!(reconnected.refresh_token_expires_at_ms, 0);
+    // A refresh (not a consent) without a refresh token in its reply still keeps the stored one.
+    let refreshed = {
+        let connected = connect(&engine, &profile, "a", Some("r")).await;
+        engine.store_tokens(&profile, connected, tokens("b", None), TokenWriteExtras::default(), Kind::Refreshed)
+    }
+    .await
+    .unwrap();
+    assert!(!refreshed.refresh_token_sealed.is_empty(), "RFC 6749 §6: a refresh reply without one keeps it");
+}
+
+/// Regression (#13 item 9): key rotation re-seals records through a versioned write, so a
+/// refresh that read the record before the rotation cannot write back a value sealed under the
+/// old key (which would stop opening once that key is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reseal_wins_over_a_refresh_that_read_before_it() {
+    let (store, _gate) = GatedStore::new();
+    let (engine, profile) = engine_with_profile(Arc::clone(&store) as Arc<dyn Store>);
+    let read_by_refresh = connect(&engine, &profile, "a1", Some("r1")).await;
+    let admin = Admin::new(Arc::clone(&engine), Duration::from_secs(600));
+    let ring = KeyRing::from_keys(&[Zeroizing::new(SECOND_KEY), Zeroizing::new(FIRST_KEY)]).unwrap();
+    admin.install_keys(ring);
+    admin.reseal_all().await.unwrap();
+    let new_key = engine.keys().active_id();
+
+    // The refresh answers without a new refresh token: the stored one is kept (RFC 6749 §6).
+    let stored = engine
+        .store_tokens(&profile, read_by_refresh, tokens("a2", None), TokenWriteExtras::default(), Kind::Refreshed)
+        .await
+        .unwrap();
+    assert_eq!(KeyRing::sealed_key_id(&stored.refresh_token_sealed), Some(new_key), "sealed under the dropped key");
+    assert_eq!(KeyRing::sealed_key_id(&stored.access_token_sealed), Some(new_key));
+    let usage = admin.key_usage().await.unwrap();
+    assert_eq!(usage.keys().copied().collect::<Vec<_>>(), vec![new_key], "{usage:?}");
+}

@@ -46,7 +46,7 @@ impl HandoutTallies {
         for (profile, count, first_ms, last_ms, token_version) in self.drain() {
             tracing::info!(
                 target: "audit",
-                caller,
+                caller = %caller,
                 profile,
                 count,
                 first_ms,
@@ -81,11 +81,11 @@ impl HandoutTallies {
 pub fn admin_action(caller: &str, action: &str, profile: &str, outcome: Result<(), &str>) {
     match outcome {
         Ok(()) => {
-            tracing::info!(target: "audit", caller, action, profile, outcome = "ok", "admin action")
+            tracing::info!(target: "audit", caller = %caller, action, profile, outcome = "ok", "admin action")
         }
         Err(code) => tracing::info!(
             target: "audit",
-            caller,
+            caller = %caller,
             action,
             profile,
             outcome = "error",

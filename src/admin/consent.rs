@@ -18,8 +18,25 @@ use crate::store::{ConnectionRecord, ConnectionWrite, ConsentRecord, ProfileReco
 impl Admin {
     /// Finishes a consent from the provider's redirect: the code and state, or the error it
     /// reported. A wrong, replayed or expired state is refused and changes nothing.
+    ///
+    /// Runs in a task of its own: once the code is sent, a caller that gives up (a deadline, a
+    /// closed browser tab) must not cancel the exchange, or the new tokens are lost and the code
+    /// is spent.
     pub async fn complete_consent(
         self: &Arc<Self>,
+        state: &str,
+        code: Option<SecretString>,
+        provider_error: Option<(String, String)>,
+    ) -> Result<String, AdminError> {
+        let admin = Arc::clone(self);
+        let state = state.to_owned();
+        tokio::spawn(async move { admin.finish_consent(&state, code, provider_error).await })
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("the consent task failed: {e}")))?
+    }
+
+    async fn finish_consent(
+        &self,
         state: &str,
         code: Option<SecretString>,
         provider_error: Option<(String, String)>,

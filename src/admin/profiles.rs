@@ -11,7 +11,7 @@ use crate::crypto::Purpose;
 use crate::engine::EngineError;
 use crate::engine::status_of;
 use crate::profile::{self, FieldError};
-use crate::store::{ConnectionRecord, ProfileRecord};
+use crate::store::{ConnectionRecord, ConnectionWrite, ProfileRecord};
 
 /// A profile as admins see it: its record, its connection as `GetAccessToken` serves it, and
 /// the refresh-token warning due now. Holds sealed bytes only, never an opened secret.
@@ -99,7 +99,7 @@ impl Admin {
         ProfileView {
             profile: record.clone(),
             connection: self.published(&record.name, connection).into_owned(),
-            warning: policy.refresh_token_warning(connection, self.engine.clock().now_ms()),
+            warning: policy.warning(connection, self.engine.clock().now_ms()),
         }
     }
 
@@ -147,7 +147,29 @@ impl Admin {
         let status = status_of(&connection);
         self.engine.publish(&record.name, pb::profile_event::Kind::Updated, status, status);
         tracing::info!(profile = %record.name, "profile updated");
+        let connection = self.resume_refreshing(&record.name, connection);
         Ok(self.view(&record, &connection))
+    }
+
+    /// After a profile edit, a connection that stopped refreshing although it still holds its
+    /// refresh token (the provider refused the client credentials, say) is tried again at once:
+    /// the edit may have fixed it, and no new consent is needed if so.
+    fn resume_refreshing(&self, name: &str, before: ConnectionRecord) -> ConnectionRecord {
+        if status_of(&before) != pb::Status::NeedsReauthorization || before.refresh_token_sealed.is_empty() {
+            return before;
+        }
+        let mut record = before.clone();
+        record.status = pb::Status::RefreshFailing as i32;
+        record.last_error = "profile updated; retrying the refresh with the held refresh token".into();
+        record.next_refresh_at_ms = self.engine.clock().now_ms();
+        let write = ConnectionWrite::replacing(name, &before, record);
+        match self.engine.write(&before, write, pb::profile_event::Kind::Updated) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(profile = name, error = %e, "scheduling a retry after the update failed");
+                before
+            }
+        }
     }
 
     /// Disconnects (revoking where possible), then deletes the profile.

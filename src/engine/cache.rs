@@ -22,6 +22,8 @@ pub struct HotToken {
     pub token_type: String,
     /// When it expires.
     pub expires_at_ms: UnixMillis,
+    /// When it was issued (0: unknown); with `expires_at_ms`, the lifetime the provider granted.
+    pub issued_at_ms: UnixMillis,
     /// Granted scopes.
     pub scopes: Arc<[String]>,
     /// Grows with every new token of the profile.
@@ -47,6 +49,10 @@ pub struct SlotState {
     pub status: pb::Status,
     /// No on-demand refresh before this time (transient failures back off).
     pub backoff_until_ms: UnixMillis,
+    /// Whether a refresh can renew the token (a refresh token is held, or the grant is client
+    /// credentials). When it cannot, callers get the held token until it expires, and no
+    /// refresh is attempted for them.
+    pub renewable: bool,
     /// The version of the stored connection this state stands for: the cache only ever moves to
     /// a newer one, so a writer that publishes late cannot undo a later write.
     pub version: u64,
@@ -54,7 +60,7 @@ pub struct SlotState {
 
 impl Default for SlotState {
     fn default() -> Self {
-        Self { token: None, status: pb::Status::NotConnected, backoff_until_ms: 0, version: 0 }
+        Self { token: None, status: pb::Status::NotConnected, backoff_until_ms: 0, renewable: true, version: 0 }
     }
 }
 

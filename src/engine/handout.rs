@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cache::{HotToken, SlotState};
-use super::refresh::{needs_reauthorization, not_connected};
+use super::refresh::{needs_reauthorization, not_connected, not_renewable};
 use super::{Engine, EngineError};
 use crate::api::pb;
 use crate::clock::UnixMillis;
@@ -19,6 +19,16 @@ pub struct Handout {
     pub token: Arc<HotToken>,
     /// When it was handed out.
     pub at_ms: UnixMillis,
+}
+
+/// Whether `token` serves a caller asking for `min_ms` of validity at `now`. A caller may ask for
+/// more than the provider grants (24 h of a one-hour token); refreshing cannot meet that, so it
+/// counts at most half the token's lifetime: such callers cause one refresh per half lifetime,
+/// not one per call.
+fn fresh_enough(token: &HotToken, now: UnixMillis, min_ms: i64) -> bool {
+    let lifetime = token.expires_at_ms - token.issued_at_ms;
+    let min_ms = if token.issued_at_ms > 0 && lifetime > 0 { min_ms.min(lifetime / 2) } else { min_ms };
+    token.expires_at_ms - now >= min_ms
 }
 
 /// The held token if it has not expired at `now`.
@@ -41,12 +51,19 @@ impl Engine {
         let now = self.clock.now_ms();
         let state = slot.state.load();
         if let Some(token) = &state.token
-            && token.expires_at_ms - now >= min_ms
+            && fresh_enough(token, now, min_ms)
         {
             self.metrics.handouts.inc();
             return Ok(Handout { token: Arc::clone(token), at_ms: now });
         }
         match state.status {
+            // No refresh can help: the held token until it expires, then a new consent.
+            _ if !state.renewable && state.token.is_some() => {
+                return match unexpired(&state, now) {
+                    Some(token) => Ok(Handout { token, at_ms: now }),
+                    None => Err(not_renewable(name)),
+                };
+            }
             pb::Status::NeedsReauthorization => {
                 return match unexpired(&state, now) {
                     Some(token) => Ok(Handout { token, at_ms: now }),

@@ -201,6 +201,7 @@ impl Engine {
                     access_token,
                     token_type: c.token_type.clone(),
                     expires_at_ms: c.expires_at_ms,
+                    issued_at_ms: c.last_refreshed_at_ms,
                     scopes: c.scopes.clone().into(),
                     token_version: c.token_version,
                 })),
@@ -212,7 +213,7 @@ impl Engine {
         };
         let status = status_of(c);
         let backoff_until_ms = if status == pb::Status::RefreshFailing { c.next_refresh_at_ms } else { 0 };
-        SlotState { token, status, backoff_until_ms, version: c.version }
+        SlotState { token, status, backoff_until_ms, renewable: !c.not_renewable, version: c.version }
     }
 
     /// Waits for a turn at the provider serving `endpoint`.

@@ -144,6 +144,23 @@ impl RefreshPolicy {
         Some(format!("the refresh token {when} ({why}); an admin must Connect the profile again before it does"))
     }
 
+    /// What an admin should know about the connection now: that no refresh can renew its
+    /// token (the provider granted no refresh token), else the refresh-token expiry warning.
+    pub fn warning(&self, c: &ConnectionRecord, now: UnixMillis) -> Option<String> {
+        if c.not_renewable && !c.access_token_sealed.is_empty() && c.status() != pb::Status::NeedsReauthorization {
+            let when = if c.expires_at_ms <= now {
+                "has expired".to_owned()
+            } else {
+                format!("expires in {}", human(c.expires_at_ms - now))
+            };
+            return Some(format!(
+                "the provider granted no refresh token, so the access token cannot be renewed; it {when}, then an \
+                 admin must Connect the profile again (ask the provider for offline access: see the README)"
+            ));
+        }
+        self.refresh_token_warning(c, now)
+    }
+
     /// The wait after the `failures`-th consecutive transient failure: exponential from
     /// `backoff_initial`, capped at `backoff_max`, between half and all of that (jitter), and
     /// never shorter than what the provider asked for with `Retry-After` (capped at one hour).

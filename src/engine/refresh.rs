@@ -60,15 +60,23 @@ impl Engine {
             }
             _ => {}
         }
-        let settings = self.provider_settings(&profile)?;
+        if connection.refresh_token_sealed.is_empty() && profile::grant(&profile) != pb::Grant::ClientCredentials {
+            return Err(self.expire_unrenewable(name, connection));
+        }
+        // A profile that cannot be used (its client secret does not open, an endpoint was made
+        // unusable) is a failure like any other: recorded, backed off, shown; never a due entry
+        // the timer would find again at once.
+        let settings = match self.provider_settings(&profile) {
+            Ok(settings) => settings,
+            Err(e) => return Err(self.record_unusable(&profile, connection, e)),
+        };
         let refresh_token = if connection.refresh_token_sealed.is_empty() {
             None
         } else {
-            Some(
-                self.keys
-                    .open_secret(Purpose::RefreshToken, name, &connection.refresh_token_sealed)
-                    .map_err(|_| EngineError::Sealed(name.to_owned()))?,
-            )
+            match self.keys.open_secret(Purpose::RefreshToken, name, &connection.refresh_token_sealed) {
+                Ok(token) => Some(token),
+                Err(_) => return Err(self.record_unusable(&profile, connection, EngineError::Sealed(name.to_owned()))),
+            }
         };
         let span = tracing::info_span!("refresh", profile = name);
         self.call_provider(name, &profile, connection, settings, refresh_token).instrument(span).await
@@ -134,10 +142,12 @@ impl Engine {
     ) -> Option<Result<TokenSet, ProviderError>> {
         match (refresh_token, profile::grant(profile)) {
             (Some(token), _) => Some(match self.provider.refresh(settings, token).await {
-                // The answer may have been lost after the provider rotated: ask once more with
-                // the same token (providers with a reuse grace window answer it).
-                Err(e @ ProviderError::Transient { maybe_sent: true, .. }) => {
+                // The answer may have been lost, or not be readable, after the provider rotated:
+                // ask once more with the same token (providers with a reuse grace window answer
+                // it), after waiting a turn at the provider like any request.
+                Err(e) if e.maybe_sent() => {
                     tracing::warn!(profile = name, error = %e, "refresh may have been lost; retrying once with the same token");
+                    self.provider_turn(&settings.token_endpoint).await;
                     self.provider.refresh(settings, token).await
                 }
                 other => other,
@@ -159,6 +169,63 @@ impl Engine {
         match self.write(&before, ConnectionWrite::replacing(name, &before, record), Kind::Updated) {
             Ok(stored) => stored,
             Err(_) => before,
+        }
+    }
+
+    /// A connection no refresh can renew (no refresh token, not client credentials): marked so
+    /// the hand-out path stops asking, and looked at again only when its access token expires,
+    /// when it becomes `NEEDS_REAUTHORIZATION`. Returns the error for waiting callers.
+    fn expire_unrenewable(&self, name: &str, before: ConnectionRecord) -> EngineError {
+        let now = self.clock.now_ms();
+        let mut record = before.clone();
+        record.not_renewable = true;
+        let error = if before.expires_at_ms <= now {
+            record.status = pb::Status::NeedsReauthorization as i32;
+            record.last_error =
+                "the provider granted no refresh token and the access token expired; an admin must Connect the \
+                 profile again"
+                    .into();
+            record.next_refresh_at_ms = 0;
+            not_renewable(name)
+        } else {
+            record.next_refresh_at_ms = before.expires_at_ms;
+            EngineError::FailedPrecondition(format!(
+                "profile {name:?} cannot be refreshed: the provider granted no refresh token; the access token serves \
+                 until it expires"
+            ))
+        };
+        self.write_outcome(name, &before, record);
+        error
+    }
+
+    /// Records a refresh that could not be tried (the profile cannot be used as it is): backs off
+    /// like a transient failure, so the index entry moves on and the profile shows why.
+    fn record_unusable(&self, profile: &ProfileRecord, before: ConnectionRecord, error: EngineError) -> EngineError {
+        let now = self.clock.now_ms();
+        let mut record = before.clone();
+        record.consecutive_failures = before.consecutive_failures.saturating_add(1);
+        let wait = self.settings.refresh.for_profile(profile).backoff(
+            record.consecutive_failures,
+            self.jitter.fraction(),
+            None,
+        );
+        record.status = pb::Status::RefreshFailing as i32;
+        record.last_error = format!("refresh failing ({} in a row): {error}", record.consecutive_failures);
+        record.next_refresh_at_ms = now + wait.as_millis() as i64;
+        tracing::warn!(profile = %profile.name, error = %error, "refresh not attempted");
+        self.write_outcome(&profile.name, &before, record);
+        error
+    }
+
+    /// Writes the outcome of a refresh that stored no tokens; a concurrent writer's state wins.
+    fn write_outcome(&self, name: &str, before: &ConnectionRecord, record: ConnectionRecord) {
+        if &record == before {
+            return;
+        }
+        match self.store.write_connection(ConnectionWrite::replacing(name, before, record)) {
+            Ok(stored) => self.after_write(name, before, &stored, Kind::Updated),
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => tracing::error!(profile = name, error = %e, "recording a refresh outcome failed"),
         }
     }
 
@@ -184,7 +251,12 @@ impl Engine {
                 _ => None,
             };
             record.last_error = reauthorization_message(&error, hint);
-            record.refresh_token_sealed.clear();
+            // Only `invalid_grant` means the refresh token is gone. After `invalid_client` (a
+            // client secret rotated at the provider) or a refused request the token is still
+            // good: kept, so fixing the profile resumes refreshing without a new consent.
+            if matches!(error, ProviderError::InvalidGrant { .. }) {
+                record.refresh_token_sealed.clear();
+            }
             record.next_refresh_at_ms = 0;
             EngineError::FailedPrecondition(format!("profile {name:?} needs reauthorization: {}", record.last_error))
         } else {
@@ -216,11 +288,20 @@ fn reauthorization_message(error: &ProviderError, hint: Option<String>) -> Strin
         (ProviderError::InvalidGrant { .. }, None) => {
             format!("{error}; the refresh token is no longer valid, an admin must Connect the profile again")
         }
-        (ProviderError::InvalidClient { .. }, _) => {
-            format!("{error}; check client_id and client_secret (UpdateProfile), then Connect again")
-        }
-        _ => format!("{error}; fix the profile, then Connect again"),
+        (ProviderError::InvalidClient { .. }, _) => format!(
+            "{error}; the provider refused the client credentials: update client_id or client_secret (UpdateProfile) \
+             and refreshing resumes with the held refresh token, no new consent needed"
+        ),
+        _ => format!("{error}; fix the profile (UpdateProfile) and refreshing resumes with the held refresh token"),
     }
+}
+
+/// The caller-facing error for a profile whose access token expired and cannot be renewed.
+pub(crate) fn not_renewable(name: &str) -> EngineError {
+    EngineError::FailedPrecondition(format!(
+        "profile {name:?} needs reauthorization: the provider granted no refresh token and the access token \
+         expired; an admin must Connect it again"
+    ))
 }
 
 /// The caller-facing error for a profile with no tokens.

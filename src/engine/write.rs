@@ -162,8 +162,15 @@ impl Engine {
         }
         record.expires_at_ms = expires_at;
         record.last_refreshed_at_ms = now;
-        record.next_refresh_at_ms =
-            policy.next_refresh_at(now, expires_at, record.refresh_token_expires_at_ms, self.jitter.fraction());
+        // Without a refresh token (and not client credentials) no refresh can renew the token:
+        // nothing is scheduled but a look at expiry, when the profile needs a new consent.
+        record.not_renewable =
+            record.refresh_token_sealed.is_empty() && crate::profile::grant(profile) != pb::Grant::ClientCredentials;
+        record.next_refresh_at_ms = if record.not_renewable {
+            expires_at
+        } else {
+            policy.next_refresh_at(now, expires_at, record.refresh_token_expires_at_ms, self.jitter.fraction())
+        };
         record.last_error.clear();
         record.consecutive_failures = 0;
         record.token_version += 1;

@@ -147,6 +147,11 @@ pub struct ConnectionRecord {
     /// Status before a consent started, restored when it fails or expires.
     #[prost(int32, tag = "18")]
     pub status_before_consent: i32,
+    /// No refresh can renew the access token: the provider granted no refresh token and the
+    /// grant is not client credentials. The token is served until it expires; then the profile
+    /// needs a new consent. (Negated so that records written before the field read as renewable.)
+    #[prost(bool, tag = "19")]
+    pub not_renewable: bool,
 }
 
 impl ConnectionRecord {

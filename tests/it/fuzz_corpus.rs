@@ -169,6 +169,7 @@ fn write_binary_seeds() {
         connected_account: "ops@example.com".into(),
         token_metadata: [("instance_url".into(), "https://eu.my.salesforce.com".into())].into(),
         status_before_consent: 2,
+        not_renewable: false,
     };
     write("store_records", "connection-connected", &connection.encode_to_vec());
     write(

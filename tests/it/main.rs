@@ -16,6 +16,7 @@ mod grants;
 mod interop;
 mod keys_backup;
 mod log_scan;
+mod refresh_edges;
 mod request_layer;
 mod roles;
 mod security;

@@ -115,6 +115,9 @@ pub enum Fault {
     /// Process normally without rotating; the reply carries no `refresh_token` (a code/device
     /// grant then gets none at all, a refresh keeps the presented token valid).
     NoRefreshTokenInReply,
+    /// Process normally (a refresh rotates), then answer `200 OK` with a body that is not JSON:
+    /// the reply a client cannot read although the provider committed.
+    CommitThenGarbage,
 }
 
 /// What the client sent in a `POST /token` request.
@@ -457,6 +460,7 @@ struct Shape {
     no_expires_in: bool,
     no_refresh_token: bool,
     refresh_token_expires_in: Option<i64>,
+    garbage: bool,
 }
 
 fn token_reply(issued: &Issued, shape: &Shape) -> Response {
@@ -788,6 +792,7 @@ async fn token(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         Some(Fault::ExpiresInAsString) => shape.expires_as_string = true,
         Some(Fault::NoExpiresIn) => shape.no_expires_in = true,
         Some(Fault::NoRefreshTokenInReply) => shape.no_refresh_token = true,
+        Some(Fault::CommitThenGarbage) => shape.garbage = true,
     }
     // Processed in its own task so that a client giving up (hyper then drops this handler)
     // does not cancel the commit: a delayed request still rotates the token.
@@ -802,6 +807,7 @@ async fn token(State(sh): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         Err(_) => Err(err(500, "server_error", "fake provider task failed")),
     };
     match result {
+        Ok(_) if shape.garbage => (StatusCode::OK, "<html>upstream reset</html>").into_response(),
         Ok(issued) => token_reply(&issued, &shape),
         Err(e) => e.into_response(),
     }

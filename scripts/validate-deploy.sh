@@ -144,7 +144,7 @@ check_unit_contents() {
     local f=deploy/systemd/tokend.service missing=0 line
     for line in 'Type=notify' 'NotifyAccess=main' 'WatchdogSec=30s' 'ExecStart=/usr/local/bin/tokend --config /etc/tokend/tokend.toml serve' \
         'StateDirectory=tokend' 'StateDirectoryMode=0700' 'RuntimeDirectory=tokend' 'KillSignal=SIGTERM' \
-        'TimeoutStopSec=30' 'Restart=on-failure' 'RestartPreventExitStatus=65 78 243' \
+        'TimeoutStopSec=60' 'Restart=on-failure' 'RestartPreventExitStatus=65 78 243' \
         'Environment=TOKEND_KEYS__KEY_FILE=%d/tokend.key' 'Environment=TOKEND_LOG__FORMAT=json' \
         'CapabilityBoundingSet=' 'SystemCallFilter=@system-service' 'UMask=0077'; do
         if ! grep -qxF "$line" "$f"; then
@@ -358,7 +358,7 @@ sc, csc = pod["securityContext"], c["securityContext"]
 need(sc.get("runAsNonRoot") and sc.get("runAsUser") == 65532 and sc.get("fsGroup") == 65532, "pod securityContext")
 need(sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "seccompProfile")
 need(csc.get("readOnlyRootFilesystem") and csc.get("allowPrivilegeEscalation") is False and csc.get("capabilities", {}).get("drop") == ["ALL"], "container securityContext")
-need(pod.get("terminationGracePeriodSeconds", 30) > 10, "terminationGracePeriodSeconds must exceed the 10 s drain")
+need(pod.get("terminationGracePeriodSeconds", 30) > 35, "terminationGracePeriodSeconds must exceed the 35 s refresh drain (2 x request timeout + 5 s)")
 if errors:
     print("\n".join(errors))
     sys.exit(1)

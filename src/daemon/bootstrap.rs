@@ -29,13 +29,30 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
+/// How often, and how far apart, opening a locked store is tried again (about 1 s in all).
+const LOCK_RETRIES: usize = 20;
+const LOCK_PAUSE_MS: u64 = 50;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(LOCK_PAUSE_MS);
+
 /// Opens the store in the data directory.
 pub fn open_store(config: &Config) -> Result<SledStore, StartError> {
     let options = SledOptions {
         cache_capacity: config.store.cache_capacity_mb * 1024 * 1024,
         flush_every_ms: config.store.flush_every_ms,
     };
-    SledStore::open(&config.data_dir.join("store"), &options).map_err(|e| match e {
+    let dir = config.data_dir.join("store");
+    // A store closed a moment ago (a restart, an export or import just before) may hold its
+    // file lock while sled's I/O threads finish their last writes: wait a little before saying
+    // another process has it.
+    let mut opened = SledStore::open(&dir, &options);
+    for _ in 0..LOCK_RETRIES {
+        if !matches!(opened, Err(StoreError::Locked(_))) {
+            break;
+        }
+        std::thread::sleep(LOCK_RETRY_PAUSE);
+        opened = SledStore::open(&dir, &options);
+    }
+    opened.map_err(|e| match e {
         StoreError::Locked(dir) => StartError::Locked(format!(
             "data directory {dir} is in use by another process (is another tokend running on it?)"
         )),

@@ -92,6 +92,8 @@ pub struct Daemon {
     ready: Arc<AtomicBool>,
     health: tonic_health::server::HealthReporter,
     scheduler: Scheduler,
+    /// How long shutdown waits for refreshes already sent.
+    refresh_drain: Duration,
     grpc_tasks: Vec<listeners::ServeTask>,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -149,6 +151,7 @@ impl Daemon {
             ready: serving.ready,
             health: serving.health,
             scheduler,
+            refresh_drain: refresh_drain(&config),
             grpc_tasks: serving.grpc_tasks,
             http_task: serving.http_task,
         })
@@ -174,8 +177,12 @@ impl Daemon {
         self.shutdown.clone()
     }
 
-    /// Waits until the shutdown token fires, then stops: health goes not-serving, streams end,
-    /// listeners close, the scheduler stops, the store is flushed, all within a grace period.
+    /// Waits until the shutdown token fires, then stops, in this order: health goes
+    /// not-serving; no new refresh starts (scheduler stopped, callers get the held token); the
+    /// connections drain (within [`SHUTDOWN_GRACE`]) while the refreshes already sent finish
+    /// (within the refresh drain: twice the provider's request timeout, for the lost-reply
+    /// retry, plus a margin), so a rotated refresh token in their answers is stored; then the
+    /// final flush; then the store closes.
     pub async fn wait(mut self) {
         self.shutdown.cancelled().await;
         tracing::info!("shutting down");
@@ -185,28 +192,39 @@ impl Daemon {
         self.admin.stop_background();
         self.admin.engine().stop_background();
         self.scheduler.shutdown().await;
-        let drain = async {
-            for task in &mut self.grpc_tasks {
-                let _ = task.await;
+        let engine = Arc::clone(self.admin.engine());
+        let connections = async {
+            let drain = async {
+                for task in &mut self.grpc_tasks {
+                    let _ = task.await;
+                }
+                let _ = (&mut self.http_task).await;
+            };
+            if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+                tracing::warn!("connections did not close within {SHUTDOWN_GRACE:?}; stopping anyway");
+                for task in &self.grpc_tasks {
+                    task.abort();
+                }
+                self.http_task.abort();
             }
-            let _ = (&mut self.http_task).await;
         };
-        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-            tracing::warn!("connections did not close within {SHUTDOWN_GRACE:?}; stopping anyway");
-            for task in &self.grpc_tasks {
-                task.abort();
-            }
-            self.http_task.abort();
+        let (_, drained) = tokio::join!(connections, engine.drain_refreshes(self.refresh_drain));
+        if !drained {
+            tracing::error!(
+                limit = ?self.refresh_drain,
+                "refreshes still in flight at shutdown; a refresh token they rotate may be lost"
+            );
         }
-        let store = Arc::clone(self.admin.engine().store());
+        let store = Arc::clone(engine.store());
         match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => tracing::info!("store flushed"),
             Ok(Err(e)) => tracing::error!(error = %e, "final flush failed"),
             Err(e) => tracing::error!(error = %e, "final flush task failed"),
         }
-        // Refreshes already sent finish in their own tasks and hold the engine (device polls
-        // hold administration); wait for them (up to the grace period) so their results are
-        // stored and the store's lock is released. Administration holds one engine reference.
+        drop(engine);
+        // The tasks that ended above (refreshes, device polls, streams) release their
+        // references to the engine, and with it the store's lock, a moment later; wait for that
+        // briefly so a restart in the same process finds the directory free.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let busy = |admin: &Arc<Admin>| Arc::strong_count(admin) > 1 || Arc::strong_count(admin.engine()) > 1;
         while busy(&self.admin) && tokio::time::Instant::now() < deadline {
@@ -220,6 +238,13 @@ impl Daemon {
         self.shutdown.cancel();
         self.wait().await;
     }
+}
+
+/// How long shutdown waits for refreshes already sent: a provider request may take the request
+/// timeout, twice with the lost-reply retry; five seconds more cover the rate limiter's turn
+/// and the write.
+fn refresh_drain(config: &Config) -> Duration {
+    Duration::from_secs(2 * config.provider.request_timeout_secs + 5)
 }
 
 /// Applies reloaded configurations to a running daemon.

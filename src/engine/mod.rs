@@ -23,7 +23,7 @@ mod scheduler;
 mod write;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, broadcast};
@@ -101,8 +101,13 @@ pub struct Engine {
     /// The background warm-up of the cache has not finished: a missing slot may just not be
     /// loaded yet.
     warming: AtomicBool,
-    /// Shutdown began: background work stops early.
+    /// Shutdown began: background work stops early and no new refresh starts.
     stopping: AtomicBool,
+    /// Refresh tasks running (each may hold a rotated token not yet stored); shutdown waits
+    /// for them before the final flush.
+    inflight: AtomicUsize,
+    /// Notified when the last refresh task in flight ends.
+    idle: Notify,
 }
 
 impl std::fmt::Debug for Engine {
@@ -128,6 +133,8 @@ impl Engine {
             flushes: group_flush::GroupFlush::new(Arc::clone(&store)),
             warming: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
             store,
             keys,
             provider,
@@ -254,9 +261,29 @@ impl Engine {
         self.slot(name).map(|slot| slot.state.load_full())
     }
 
-    /// Stops background work (the cache warm-up); for shutdown.
+    /// Stops background work (the cache warm-up) and starting refreshes; for shutdown. Callers
+    /// then get the held token (or `UNAVAILABLE` once it expired); refreshes already sent run on
+    /// ([`Engine::drain_refreshes`]).
     pub fn stop_background(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until no refresh task runs, at most `deadline`; returns whether none does. A refresh
+    /// already sent may come back with a rotated refresh token, which must be stored before the
+    /// store closes.
+    pub async fn drain_refreshes(&self, deadline: Duration) -> bool {
+        let idle = async {
+            loop {
+                let notified = self.idle.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.inflight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(deadline, idle).await.is_ok()
     }
 
     /// Wakes the refresh scheduler to look at the index now (tests that move the clock use it).

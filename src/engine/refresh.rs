@@ -3,6 +3,7 @@
 //! cancels a refresh already sent, so a rotated refresh token in its answer is never lost.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use secrecy::SecretString;
 use tokio::sync::watch;
@@ -27,16 +28,24 @@ impl Engine {
             match &*flight {
                 Some(receiver) => receiver.clone(),
                 None => {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return Err(Arc::new(EngineError::Unavailable("tokend is shutting down; retry".into())));
+                    }
                     let (sender, receiver) = watch::channel(None);
                     *flight = Some(receiver.clone());
                     let engine = Arc::clone(self);
                     let name = name.to_owned();
                     let slot = Arc::clone(&slot);
-                    // Its own task: callers that stop waiting do not cancel it.
+                    self.inflight.fetch_add(1, Ordering::SeqCst);
+                    // Its own task: callers that stop waiting do not cancel it, and shutdown
+                    // waits for it (`drain_refreshes`).
                     tokio::spawn(async move {
                         let outcome = engine.refresh_once(&name).await.map_err(Arc::new);
                         let _ = sender.send(Some(outcome));
                         *slot.flight.lock().await = None;
+                        if engine.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            engine.idle.notify_waiters();
+                        }
                     });
                     receiver
                 }

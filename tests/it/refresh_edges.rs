@@ -196,3 +196,33 @@ async fn item8_consent_survives_a_caller_that_gives_up() {
     assert_eq!(Some(&token.access_token), provider.issued_access_tokens().last());
     daemon.stop().await;
 }
+
+/// Item 6: shutdown waits for a refresh already sent (here 12 s at the provider, longer than the
+/// 10 s grace, and nobody waiting on it: its caller gave up) and stores its rotation before the
+/// store closes, so the restarted daemon refreshes with the rotated token and no reuse reaches
+/// the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item6_shutdown_waits_for_a_refresh_in_flight() {
+    let provider = FakeProvider::start().await;
+    let mut daemon = TestDaemon::start_with(|config| config.provider.request_timeout_secs = 20, None).await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "slow-rotation", &provider).await;
+    provider.push_fault(Fault::Delay(Duration::from_secs(12)));
+    let mut request = tonic::Request::new(pb::RefreshNowRequest { name: "slow-rotation".into() });
+    request.set_timeout(Duration::from_millis(200));
+    apps.refresh_now(request).await.expect_err("the caller gives up; the refresh goes on");
+    let sent = Instant::now() + Duration::from_secs(5);
+    while provider.refresh_requests() == 0 {
+        assert!(Instant::now() < sent, "the refresh reached the provider");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = Instant::now();
+    daemon.restart().await;
+    assert!(stopping.elapsed() >= Duration::from_secs(10), "shutdown waited for the refresh in flight");
+    let mut apps = daemon.apps(ADMIN).await;
+    apps.refresh_now(pb::RefreshNowRequest { name: "slow-rotation".into() })
+        .await
+        .expect("the rotated refresh token was stored before shutdown");
+    assert_eq!(provider.reuse_events(), 0, "the old refresh token was never presented again");
+    daemon.stop().await;
+}

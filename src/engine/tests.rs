@@ -1,6 +1,7 @@
 //! Interleavings of the engine's write step, driven deterministically: a store whose flush waits
 //! at a gate the test opens, a manual clock, fixed jitter. No provider is called: the tests hand
-//! token sets to the same `store_tokens` a refresh or a consent ends in.
+//! token sets to the same `store_tokens` a refresh or a consent ends in. (One file of about 400
+//! lines: the gated store, the fixtures and the tests that share them.)
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;

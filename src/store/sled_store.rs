@@ -1,4 +1,9 @@
 //! The embedded store: sled 0.34, one data directory, five trees.
+//!
+//! Longer than our modules usually are (about 480 lines): it is the whole sled backend, every
+//! `Store` method with its multi-tree transaction, and the transaction helpers they share; split,
+//! a reader would have to hold two files to check one transaction. The backend-neutral rules it
+//! keeps are tested in `contract.rs`.
 
 use std::path::Path;
 

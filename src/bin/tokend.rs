@@ -97,14 +97,7 @@ fn main() -> ExitCode {
     let command = cli.command.take().unwrap_or(Command::Serve);
     let config = match command {
         Command::GenKey => return gen_key(),
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            // Into a buffer: clap_complete panics when stdout is a closed pipe (`| head`).
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut command, "tokend", &mut script);
-            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
-            return ExitCode::SUCCESS;
-        }
+        Command::Completions { shell } => return completions(shell),
         Command::MintToken { role, name, profiles } => return mint_token(role, &name, &profiles),
         _ => match load_config(&cli) {
             Ok(config) => config,
@@ -131,6 +124,15 @@ fn main() -> ExitCode {
         },
         _ => serve(config, cli),
     }
+}
+
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    // Into a buffer: clap_complete panics when stdout is a closed pipe (`| head`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "tokend", &mut script);
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+    ExitCode::SUCCESS
 }
 
 fn gen_key() -> ExitCode {

@@ -133,27 +133,7 @@ impl Engine {
         let mut record = before.clone();
         record.status = pb::Status::Connected as i32;
         record.access_token_sealed = self.seal(Purpose::AccessToken, name, &tokens.access_token)?;
-        match (&tokens.refresh_token, connected) {
-            (Some(refresh), _) => {
-                record.refresh_token_sealed = self.seal(Purpose::RefreshToken, name, refresh)?;
-            }
-            // A new consent replaces the token set whole: the previous grant's refresh token
-            // would refresh into the account that was connected before.
-            (None, true) => record.refresh_token_sealed.clear(),
-            // A refresh reply without a refresh token keeps the stored one (RFC 6749 §6).
-            (None, false) => {}
-        }
-        record.refresh_token_expires_at_ms = if record.refresh_token_sealed.is_empty() {
-            0
-        } else {
-            let rotated = tokens.refresh_token.is_some();
-            policy.refresh_token_expiry(
-                now,
-                rotated,
-                tokens.refresh_token_expires_in,
-                before.refresh_token_expires_at_ms,
-            )
-        };
+        self.set_refresh_token(&mut record, profile, tokens, connected, now)?;
         record.token_type = tokens.token_type.clone();
         if let Some(scopes) = &tokens.scopes {
             record.scopes = scopes.clone();
@@ -185,11 +165,43 @@ impl Engine {
         Ok(record)
     }
 
+    /// The refresh token part of a fresh token set: the new one, or (a refresh reply without
+    /// one) the stored one, or (a new consent without one) none; and its expected expiry.
+    fn set_refresh_token(
+        &self,
+        record: &mut ConnectionRecord,
+        profile: &ProfileRecord,
+        tokens: &TokenSet,
+        connected: bool,
+        now: crate::clock::UnixMillis,
+    ) -> Result<(), EngineError> {
+        let previous_expiry = record.refresh_token_expires_at_ms;
+        match (&tokens.refresh_token, connected) {
+            (Some(refresh), _) => {
+                record.refresh_token_sealed = self.seal(Purpose::RefreshToken, &profile.name, refresh)?;
+            }
+            // A new consent replaces the token set whole: the previous grant's refresh token
+            // would refresh into the account that was connected before.
+            (None, true) => record.refresh_token_sealed.clear(),
+            // A refresh reply without a refresh token keeps the stored one (RFC 6749 §6).
+            (None, false) => {}
+        }
+        record.refresh_token_expires_at_ms = if record.refresh_token_sealed.is_empty() {
+            0
+        } else {
+            let rotated = tokens.refresh_token.is_some();
+            let policy = self.settings.refresh.for_profile(profile);
+            policy.refresh_token_expiry(now, rotated, tokens.refresh_token_expires_in, previous_expiry)
+        };
+        Ok(())
+    }
+
     /// Logs a warning when the refresh token is expected to die soon with nothing planned to
-    /// renew it (see [`super::RefreshPolicy::refresh_token_warning`]); `GetProfile` shows it too.
+    /// renew it, or when there is none to renew the access token with (see
+    /// [`super::RefreshPolicy::warning`]); `GetProfile` shows it too.
     pub(super) fn warn_refresh_token_expiry(&self, profile: &ProfileRecord, stored: &ConnectionRecord) {
         let policy = self.settings.refresh.for_profile(profile);
-        if let Some(warning) = policy.refresh_token_warning(stored, self.clock.now_ms()) {
+        if let Some(warning) = policy.warning(stored, self.clock.now_ms()) {
             tracing::warn!(profile = %profile.name, expires_at_ms = stored.refresh_token_expires_at_ms, "{warning}");
         }
     }

@@ -13,10 +13,15 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
 
 use crate::config::CallerConfig;
+use crate::profile::{FieldError, validate_name};
 
 /// Profile names whose pattern verdict a consumer remembers; past this many, the glob set is
 /// asked again on every call (a caller probing random names cannot grow memory).
 const MATCH_CACHE_LIMIT: usize = 1024;
+/// Bytes of profile names a consumer remembers, on top of [`MATCH_CACHE_LIMIT`]. Names are
+/// validated (at most 63 bytes) before they are matched, so this bounds the cache by itself
+/// too should a surface ever match an unvalidated name: 1,024 names of 32 bytes on average.
+const MATCH_CACHE_BYTES: usize = 32 * 1024;
 
 /// What a caller may do; read from the configuration (`callers[].role`).
 pub use crate::config::Role;
@@ -26,6 +31,20 @@ pub use crate::config::Role;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Denied(pub String);
+
+/// Why a caller may not get a profile's tokens ([`Caller::require_token`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenRefused {
+    /// Not a profile name at all (gRPC `INVALID_ARGUMENT`, naming `name`). Checked for every
+    /// caller before any pattern sees the name: no profile can bear it, so the answer tells
+    /// nothing about which profiles exist, and the name is never matched or remembered.
+    #[error("invalid {0}")]
+    InvalidName(FieldError),
+    /// A valid name the caller may not have (gRPC `PERMISSION_DENIED`), whether a profile of
+    /// that name exists or not.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+}
 
 /// An authenticated caller.
 #[derive(Debug)]
@@ -41,6 +60,8 @@ pub struct Caller {
     matched: DashMap<Box<str>, bool>,
     /// Entries in `matched` (`DashMap::len` would lock every shard).
     matched_len: AtomicUsize,
+    /// Bytes of the names in `matched`, bounded by [`MATCH_CACHE_BYTES`].
+    matched_bytes: AtomicUsize,
     /// Its token hand-outs since the audit writer last ran.
     pub handouts: super::audit::HandoutTallies,
 }
@@ -62,13 +83,15 @@ impl Caller {
         }
     }
 
-    /// Whether this caller may get tokens of `profile`. A consumer asking for a name outside
-    /// its patterns is refused the same way whether the profile exists or not.
-    pub fn require_token(&self, profile: &str) -> Result<(), Denied> {
+    /// Whether this caller may get tokens of `profile`. The name is validated first, for every
+    /// caller ([`TokenRefused::InvalidName`]); then a consumer asking for a name outside its
+    /// patterns is refused the same way whether the profile exists or not.
+    pub fn require_token(&self, profile: &str) -> Result<(), TokenRefused> {
+        validate_name(profile).map_err(TokenRefused::InvalidName)?;
         match self.role {
             Role::Admin => Ok(()),
             Role::Consumer if self.matches(profile) => Ok(()),
-            _ => Err(Denied(format!("caller {:?} may not get tokens of {profile:?}", self.name))),
+            _ => Err(Denied(format!("caller {:?} may not get tokens of {profile:?}", self.name)).into()),
         }
     }
 
@@ -78,10 +101,12 @@ impl Caller {
             return *verdict;
         }
         let verdict = self.profiles.is_match(profile);
-        if self.matched_len.load(Ordering::Relaxed) < MATCH_CACHE_LIMIT
-            && self.matched.insert(profile.into(), verdict).is_none()
-        {
+        // Checked, then counted: racing callers may overshoot by a few names, never by more.
+        let room = self.matched_len.load(Ordering::Relaxed) < MATCH_CACHE_LIMIT
+            && self.matched_bytes.load(Ordering::Relaxed) + profile.len() <= MATCH_CACHE_BYTES;
+        if room && self.matched.insert(profile.into(), verdict).is_none() {
             self.matched_len.fetch_add(1, Ordering::Relaxed);
+            self.matched_bytes.fetch_add(profile.len(), Ordering::Relaxed);
         }
         verdict
     }
@@ -131,6 +156,7 @@ fn build(configs: &[CallerConfig]) -> Table {
             profiles,
             matched: DashMap::new(),
             matched_len: AtomicUsize::new(0),
+            matched_bytes: AtomicUsize::new(0),
             handouts: Default::default(),
         });
         if let Some(hash) = parse_hash(&config.token_sha256) {
@@ -248,5 +274,30 @@ mod tests {
             assert!(consumer.require_token(&format!("other-{i}")).is_err());
         }
         assert_eq!(consumer.matched.len(), MATCH_CACHE_LIMIT);
+    }
+
+    /// Item 7 (#14): consumers cannot pin memory. A name that is not a valid profile name is
+    /// refused before it is matched, so it is never remembered, even under a pattern that
+    /// matches everything; the remembered names stay within their byte bound.
+    #[test]
+    fn consumers_cannot_pin_memory() {
+        let callers = Callers::new(&[config("consumer", "c", &["*"])]);
+        let consumer = callers.authenticate("c").unwrap();
+        let huge = "m".repeat(4 << 20);
+        let invalid = |r| matches!(r, Err(TokenRefused::InvalidName(e)) if e.field == "name");
+        assert!(invalid(consumer.require_token(&huge)), "a 4 MiB name is refused");
+        assert!(invalid(consumer.require_token("Mail")), "an invalid name is refused");
+        assert_eq!(consumer.matched.len(), 0, "invalid names are not remembered");
+        // Invalid for every caller, admins included; a valid name outside the patterns is
+        // PERMISSION_DENIED (tested in `roles`).
+        let admin = Callers::new(&[config("admin", "a", &[])]).authenticate("a").unwrap();
+        assert!(invalid(admin.require_token(&huge)));
+        // Valid names fill the cache up to its byte bound, not past it.
+        for i in 0..MATCH_CACHE_LIMIT {
+            assert!(consumer.require_token(&format!("{i:0>60}")).is_ok());
+        }
+        let bytes: usize = consumer.matched.iter().map(|e| e.key().len()).sum();
+        assert!(bytes <= MATCH_CACHE_BYTES && bytes + 60 > MATCH_CACHE_BYTES, "{bytes} bytes remembered");
+        assert_eq!(consumer.matched_bytes.load(Ordering::Relaxed), bytes);
     }
 }

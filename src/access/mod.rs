@@ -5,4 +5,4 @@
 pub mod audit;
 pub mod callers;
 
-pub use callers::{Caller, Callers, Denied, Role, hash_token};
+pub use callers::{Caller, Callers, Denied, Role, TokenRefused, hash_token};

@@ -10,11 +10,20 @@ use http::{Extensions, HeaderMap};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
-pub use crate::access::{Caller, Callers, Denied, Role, hash_token};
+pub use crate::access::{Caller, Callers, Denied, Role, TokenRefused, hash_token};
 
 impl From<Denied> for Status {
     fn from(denied: Denied) -> Self {
         Status::permission_denied(denied.0)
+    }
+}
+
+impl From<TokenRefused> for Status {
+    fn from(refused: TokenRefused) -> Self {
+        match refused {
+            e @ TokenRefused::InvalidName(_) => Status::invalid_argument(e.to_string()),
+            TokenRefused::Denied(denied) => denied.into(),
+        }
     }
 }
 

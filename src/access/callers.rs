@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::config::CallerConfig;
 use crate::profile::{FieldError, validate_name};
@@ -125,10 +126,44 @@ struct Table {
     by_uid: HashMap<u32, Arc<Caller>>,
 }
 
+/// How a caller proved who it is. Kept by whatever outlives one request (a watch stream, a
+/// landing-page session), so the caller can be found again in a reloaded table
+/// ([`Callers::resolve`]).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// The SHA-256 of the bearer token presented.
+    Token([u8; 32]),
+    /// The DNS name (lowercase) of the client certificate that named a caller.
+    Certificate(String),
+    /// The uid of the process on the other end of the Unix socket.
+    Uid(u32),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Which kind only: a token's hash is not a secret, but it has no place in logs either.
+        match self {
+            Self::Token(_) => f.write_str("Token"),
+            Self::Certificate(name) => write!(f, "Certificate({name:?})"),
+            Self::Uid(uid) => write!(f, "Uid({uid})"),
+        }
+    }
+}
+
+impl Credential {
+    /// The credential of a presented bearer token.
+    pub fn of_token(token: &str) -> Self {
+        Self::Token(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
 /// Every configured caller; swapped whole when the configuration is reloaded (SIGHUP).
 #[derive(Debug, Clone, Default)]
 pub struct Callers {
     table: Arc<ArcSwap<Table>>,
+    /// Counts the replacements of `table`: what outlives a request (a watch stream, a session)
+    /// waits on it to look its caller up again ([`super::CallerWatch`]).
+    generation: Arc<watch::Sender<u64>>,
 }
 
 fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -175,12 +210,30 @@ fn build(configs: &[CallerConfig]) -> Table {
 impl Callers {
     /// Builds the table; the configuration was validated already, so bad entries are skipped.
     pub fn new(configs: &[CallerConfig]) -> Self {
-        Self { table: Arc::new(ArcSwap::from_pointee(build(configs))) }
+        Self { table: Arc::new(ArcSwap::from_pointee(build(configs))), generation: Default::default() }
     }
 
-    /// Replaces every caller (a reloaded configuration); requests in progress keep theirs.
+    /// Replaces every caller (a reloaded configuration). Requests in progress keep theirs;
+    /// streams and sessions that hold a [`super::CallerWatch`] look theirs up again.
     pub fn replace(&self, configs: &[CallerConfig]) {
         self.table.store(Arc::new(build(configs)));
+        // After the store: whoever wakes up finds the new table.
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    /// A receiver that sees every later [`Callers::replace`].
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// The caller that `credential` names in the current table, if any.
+    pub fn resolve(&self, credential: &Credential) -> Option<Arc<Caller>> {
+        let table = self.table.load();
+        match credential {
+            Credential::Token(hash) => table.by_hash.get(hash).cloned(),
+            Credential::Certificate(name) => table.by_dns_name.get(name).cloned(),
+            Credential::Uid(uid) => table.by_uid.get(uid).cloned(),
+        }
     }
 
     /// Writes and resets every caller's hand-out tallies (the audit writer runs it every few
@@ -209,12 +262,18 @@ impl Callers {
     }
 
     /// The caller whose TLS client certificate (already verified against the client CA by the
-    /// handshake) names one of our callers' DNS names.
-    pub fn by_certificate(&self, certs: &[rustls::pki_types::CertificateDer<'static>]) -> Option<Arc<Caller>> {
+    /// handshake) names one of our callers' DNS names, with the name that matched.
+    pub fn by_certificate(
+        &self,
+        certs: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Option<(Arc<Caller>, Credential)> {
         let leaf = certs.first()?;
         let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
         let table = self.table.load();
-        cert.valid_dns_names().find_map(|name| table.by_dns_name.get(&name.to_ascii_lowercase()).cloned())
+        cert.valid_dns_names().find_map(|name| {
+            let name = name.to_ascii_lowercase();
+            table.by_dns_name.get(&name).map(|caller| (Arc::clone(caller), Credential::Certificate(name)))
+        })
     }
 
     /// The caller whose process uid is on the other end of the Unix socket.

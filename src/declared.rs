@@ -76,7 +76,7 @@ pub async fn reconcile(admin: &Arc<Admin>, config: &Config) -> Result<Reconciled
     }
     let mut report = Reconciled::default();
     for (input, plan) in inputs.iter().zip(plans) {
-        match admin.apply_managed(plan)? {
+        match admin.apply_managed(plan).await? {
             true => report.created.push(input.name.clone()),
             false => report.updated.push(input.name.clone()),
         }

@@ -11,12 +11,18 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::config::CallerConfig;
+use crate::profile::{FieldError, validate_name};
 
 /// Profile names whose pattern verdict a consumer remembers; past this many, the glob set is
 /// asked again on every call (a caller probing random names cannot grow memory).
 const MATCH_CACHE_LIMIT: usize = 1024;
+/// Bytes of profile names a consumer remembers, on top of [`MATCH_CACHE_LIMIT`]. Names are
+/// validated (at most 63 bytes) before they are matched, so this bounds the cache by itself
+/// too should a surface ever match an unvalidated name: 1,024 names of 32 bytes on average.
+const MATCH_CACHE_BYTES: usize = 32 * 1024;
 
 /// What a caller may do; read from the configuration (`callers[].role`).
 pub use crate::config::Role;
@@ -26,6 +32,20 @@ pub use crate::config::Role;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Denied(pub String);
+
+/// Why a caller may not get a profile's tokens ([`Caller::require_token`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenRefused {
+    /// Not a profile name at all (gRPC `INVALID_ARGUMENT`, naming `name`). Checked for every
+    /// caller before any pattern sees the name: no profile can bear it, so the answer tells
+    /// nothing about which profiles exist, and the name is never matched or remembered.
+    #[error("invalid {0}")]
+    InvalidName(FieldError),
+    /// A valid name the caller may not have (gRPC `PERMISSION_DENIED`), whether a profile of
+    /// that name exists or not.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+}
 
 /// An authenticated caller.
 #[derive(Debug)]
@@ -41,6 +61,8 @@ pub struct Caller {
     matched: DashMap<Box<str>, bool>,
     /// Entries in `matched` (`DashMap::len` would lock every shard).
     matched_len: AtomicUsize,
+    /// Bytes of the names in `matched`, bounded by [`MATCH_CACHE_BYTES`].
+    matched_bytes: AtomicUsize,
     /// Its token hand-outs since the audit writer last ran.
     pub handouts: super::audit::HandoutTallies,
 }
@@ -62,13 +84,15 @@ impl Caller {
         }
     }
 
-    /// Whether this caller may get tokens of `profile`. A consumer asking for a name outside
-    /// its patterns is refused the same way whether the profile exists or not.
-    pub fn require_token(&self, profile: &str) -> Result<(), Denied> {
+    /// Whether this caller may get tokens of `profile`. The name is validated first, for every
+    /// caller ([`TokenRefused::InvalidName`]); then a consumer asking for a name outside its
+    /// patterns is refused the same way whether the profile exists or not.
+    pub fn require_token(&self, profile: &str) -> Result<(), TokenRefused> {
+        validate_name(profile).map_err(TokenRefused::InvalidName)?;
         match self.role {
             Role::Admin => Ok(()),
             Role::Consumer if self.matches(profile) => Ok(()),
-            _ => Err(Denied(format!("caller {:?} may not get tokens of {profile:?}", self.name))),
+            _ => Err(Denied(format!("caller {:?} may not get tokens of {profile:?}", self.name)).into()),
         }
     }
 
@@ -78,10 +102,12 @@ impl Caller {
             return *verdict;
         }
         let verdict = self.profiles.is_match(profile);
-        if self.matched_len.load(Ordering::Relaxed) < MATCH_CACHE_LIMIT
-            && self.matched.insert(profile.into(), verdict).is_none()
-        {
+        // Checked, then counted: racing callers may overshoot by a few names, never by more.
+        let room = self.matched_len.load(Ordering::Relaxed) < MATCH_CACHE_LIMIT
+            && self.matched_bytes.load(Ordering::Relaxed) + profile.len() <= MATCH_CACHE_BYTES;
+        if room && self.matched.insert(profile.into(), verdict).is_none() {
             self.matched_len.fetch_add(1, Ordering::Relaxed);
+            self.matched_bytes.fetch_add(profile.len(), Ordering::Relaxed);
         }
         verdict
     }
@@ -100,10 +126,44 @@ struct Table {
     by_uid: HashMap<u32, Arc<Caller>>,
 }
 
+/// How a caller proved who it is. Kept by whatever outlives one request (a watch stream, a
+/// landing-page session), so the caller can be found again in a reloaded table
+/// ([`Callers::resolve`]).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// The SHA-256 of the bearer token presented.
+    Token([u8; 32]),
+    /// The DNS name (lowercase) of the client certificate that named a caller.
+    Certificate(String),
+    /// The uid of the process on the other end of the Unix socket.
+    Uid(u32),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Which kind only: a token's hash is not a secret, but it has no place in logs either.
+        match self {
+            Self::Token(_) => f.write_str("Token"),
+            Self::Certificate(name) => write!(f, "Certificate({name:?})"),
+            Self::Uid(uid) => write!(f, "Uid({uid})"),
+        }
+    }
+}
+
+impl Credential {
+    /// The credential of a presented bearer token.
+    pub fn of_token(token: &str) -> Self {
+        Self::Token(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
 /// Every configured caller; swapped whole when the configuration is reloaded (SIGHUP).
 #[derive(Debug, Clone, Default)]
 pub struct Callers {
     table: Arc<ArcSwap<Table>>,
+    /// Counts the replacements of `table`: what outlives a request (a watch stream, a session)
+    /// waits on it to look its caller up again ([`super::CallerWatch`]).
+    generation: Arc<watch::Sender<u64>>,
 }
 
 fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -131,6 +191,7 @@ fn build(configs: &[CallerConfig]) -> Table {
             profiles,
             matched: DashMap::new(),
             matched_len: AtomicUsize::new(0),
+            matched_bytes: AtomicUsize::new(0),
             handouts: Default::default(),
         });
         if let Some(hash) = parse_hash(&config.token_sha256) {
@@ -149,12 +210,30 @@ fn build(configs: &[CallerConfig]) -> Table {
 impl Callers {
     /// Builds the table; the configuration was validated already, so bad entries are skipped.
     pub fn new(configs: &[CallerConfig]) -> Self {
-        Self { table: Arc::new(ArcSwap::from_pointee(build(configs))) }
+        Self { table: Arc::new(ArcSwap::from_pointee(build(configs))), generation: Default::default() }
     }
 
-    /// Replaces every caller (a reloaded configuration); requests in progress keep theirs.
+    /// Replaces every caller (a reloaded configuration). Requests in progress keep theirs;
+    /// streams and sessions that hold a [`super::CallerWatch`] look theirs up again.
     pub fn replace(&self, configs: &[CallerConfig]) {
         self.table.store(Arc::new(build(configs)));
+        // After the store: whoever wakes up finds the new table.
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    /// A receiver that sees every later [`Callers::replace`].
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// The caller that `credential` names in the current table, if any.
+    pub fn resolve(&self, credential: &Credential) -> Option<Arc<Caller>> {
+        let table = self.table.load();
+        match credential {
+            Credential::Token(hash) => table.by_hash.get(hash).cloned(),
+            Credential::Certificate(name) => table.by_dns_name.get(name).cloned(),
+            Credential::Uid(uid) => table.by_uid.get(uid).cloned(),
+        }
     }
 
     /// Writes and resets every caller's hand-out tallies (the audit writer runs it every few
@@ -183,12 +262,18 @@ impl Callers {
     }
 
     /// The caller whose TLS client certificate (already verified against the client CA by the
-    /// handshake) names one of our callers' DNS names.
-    pub fn by_certificate(&self, certs: &[rustls::pki_types::CertificateDer<'static>]) -> Option<Arc<Caller>> {
+    /// handshake) names one of our callers' DNS names, with the name that matched.
+    pub fn by_certificate(
+        &self,
+        certs: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Option<(Arc<Caller>, Credential)> {
         let leaf = certs.first()?;
         let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
         let table = self.table.load();
-        cert.valid_dns_names().find_map(|name| table.by_dns_name.get(&name.to_ascii_lowercase()).cloned())
+        cert.valid_dns_names().find_map(|name| {
+            let name = name.to_ascii_lowercase();
+            table.by_dns_name.get(&name).map(|caller| (Arc::clone(caller), Credential::Certificate(name)))
+        })
     }
 
     /// The caller whose process uid is on the other end of the Unix socket.
@@ -248,5 +333,30 @@ mod tests {
             assert!(consumer.require_token(&format!("other-{i}")).is_err());
         }
         assert_eq!(consumer.matched.len(), MATCH_CACHE_LIMIT);
+    }
+
+    /// Item 7 (#14): consumers cannot pin memory. A name that is not a valid profile name is
+    /// refused before it is matched, so it is never remembered, even under a pattern that
+    /// matches everything; the remembered names stay within their byte bound.
+    #[test]
+    fn consumers_cannot_pin_memory() {
+        let callers = Callers::new(&[config("consumer", "c", &["*"])]);
+        let consumer = callers.authenticate("c").unwrap();
+        let huge = "m".repeat(4 << 20);
+        let invalid = |r| matches!(r, Err(TokenRefused::InvalidName(e)) if e.field == "name");
+        assert!(invalid(consumer.require_token(&huge)), "a 4 MiB name is refused");
+        assert!(invalid(consumer.require_token("Mail")), "an invalid name is refused");
+        assert_eq!(consumer.matched.len(), 0, "invalid names are not remembered");
+        // Invalid for every caller, admins included; a valid name outside the patterns is
+        // PERMISSION_DENIED (tested in `roles`).
+        let admin = Callers::new(&[config("admin", "a", &[])]).authenticate("a").unwrap();
+        assert!(invalid(admin.require_token(&huge)));
+        // Valid names fill the cache up to its byte bound, not past it.
+        for i in 0..MATCH_CACHE_LIMIT {
+            assert!(consumer.require_token(&format!("{i:0>60}")).is_ok());
+        }
+        let bytes: usize = consumer.matched.iter().map(|e| e.key().len()).sum();
+        assert!(bytes <= MATCH_CACHE_BYTES && bytes + 60 > MATCH_CACHE_BYTES, "{bytes} bytes remembered");
+        assert_eq!(consumer.matched_bytes.load(Ordering::Relaxed), bytes);
     }
 }

@@ -4,5 +4,7 @@
 
 pub mod audit;
 pub mod callers;
+pub mod watch;
 
-pub use callers::{Caller, Callers, Denied, Role, hash_token};
+pub use callers::{Caller, Callers, Credential, Denied, Role, TokenRefused, hash_token};
+pub use watch::{CallerGone, CallerWatch};

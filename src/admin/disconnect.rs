@@ -30,18 +30,57 @@ impl Admin {
         let (profile, before) = self.engine.load(name)?;
         self.stop_device_poll(name);
         let revocation = self.revoke(&profile, &before).await;
-        let mut record =
-            ConnectionRecord { version: before.version, token_version: before.token_version, ..Default::default() };
-        record.status = pb::Status::NotConnected as i32;
-        if let Revocation::Failed(detail) = &revocation {
-            record.last_error = format!("disconnected; revocation at the provider failed: {detail}");
-        }
-        let write =
-            ConnectionWrite::replacing(name, &before, record).removing_consent(non_empty(&before.pending_consent));
-        self.engine.write(&before, write, Kind::Updated)?;
-        self.engine.flush().await?;
+        let last_error = match &revocation {
+            Revocation::Failed(detail) => format!("disconnected; revocation at the provider failed: {detail}"),
+            _ => String::new(),
+        };
+        self.forget(name, &before, last_error).await?;
         tracing::info!(profile = name, revocation = ?revocation, "disconnected");
         Ok(revocation)
+    }
+
+    /// Deletes the tokens of a profile whose edit sends them to a server at another origin than
+    /// the one that issued them ([`crate::profile::HeldTokens::Drop`]), without revoking them:
+    /// revocation would send the refresh token there too. A connection holding nothing is
+    /// left as it is. Returns the connection as written.
+    pub(super) async fn drop_foreign_tokens(
+        &self,
+        name: &str,
+        before: ConnectionRecord,
+    ) -> Result<ConnectionRecord, AdminError> {
+        let holds = !before.access_token_sealed.is_empty()
+            || !before.refresh_token_sealed.is_empty()
+            || !before.pending_consent.is_empty();
+        if !holds {
+            return Ok(before);
+        }
+        self.stop_device_poll(name);
+        let why = "disconnected locally: the token endpoint moved to another origin, and the tokens held were \
+                   issued by the previous server (not revoked there; they expire on their own); Connect again";
+        let stored = self.forget(name, &before, why.to_owned()).await?;
+        tracing::warn!(profile = name, "token endpoint moved to another origin; held tokens deleted locally");
+        Ok(stored)
+    }
+
+    /// Deletes the connection's tokens and any pending consent, durably, noting `last_error`.
+    async fn forget(
+        &self,
+        name: &str,
+        before: &ConnectionRecord,
+        last_error: String,
+    ) -> Result<ConnectionRecord, AdminError> {
+        let record = ConnectionRecord {
+            version: before.version,
+            token_version: before.token_version,
+            status: pb::Status::NotConnected as i32,
+            last_error,
+            ..Default::default()
+        };
+        let write =
+            ConnectionWrite::replacing(name, before, record).removing_consent(non_empty(&before.pending_consent));
+        let stored = self.engine.write(before, write, Kind::Updated)?;
+        self.engine.flush().await?;
+        Ok(stored)
     }
 
     async fn revoke(&self, profile: &ProfileRecord, c: &ConnectionRecord) -> Revocation {

@@ -10,7 +10,7 @@ use crate::api::pb;
 use crate::crypto::Purpose;
 use crate::engine::EngineError;
 use crate::engine::status_of;
-use crate::profile::{self, FieldError};
+use crate::profile::{self, FieldError, HeldTokens};
 use crate::store::{ConnectionRecord, ConnectionWrite, ProfileRecord};
 
 /// A profile as admins see it: its record, its connection as `GetAccessToken` serves it, and
@@ -31,6 +31,8 @@ pub struct ManagedChange {
     record: ProfileRecord,
     created: bool,
     changed: bool,
+    /// What becomes of the tokens held ([`profile::check_redirect`]).
+    held: HeldTokens,
 }
 
 /// Largest page of `ListProfiles`.
@@ -123,7 +125,9 @@ impl Admin {
     }
 
     /// Updates the fields named in `mask` (all writable fields when empty). An update naming
-    /// the issuer discovers its metadata again.
+    /// the issuer discovers its metadata again. An update that changes where the stored client
+    /// secret goes must supply the secret again, and tokens issued by a server at another
+    /// origin are deleted locally ([`profile::check_redirect`]).
     pub async fn update_profile(
         &self,
         input: &pb::Profile,
@@ -137,12 +141,20 @@ impl Admin {
                 record.name
             )));
         }
+        let before = record.clone();
         let secret = profile::apply_input(&mut record, input, mask)?;
+        // Checked before discovery too: a refused edit fetches nothing from a new issuer.
+        profile::check_redirect(&before, &record, secret.is_some())?;
         if let Some(secret) = &secret {
             record.client_secret_sealed = self.engine.seal(Purpose::ClientSecret, &record.name, secret)?;
         }
         record.update_time_ms = self.engine.clock().now_ms();
         self.prepare(&mut record, profile::names_issuer(mask)).await?;
+        // Tokens go before the profile changes, so no refresh sends them to the new origin.
+        let connection = match profile::check_redirect(&before, &record, secret.is_some())? {
+            HeldTokens::Drop => self.drop_foreign_tokens(&record.name, connection).await?,
+            HeldTokens::Keep => connection,
+        };
         self.engine.store().replace_profile(&record)?;
         let status = status_of(&connection);
         self.engine.publish(&record.name, pb::profile_event::Kind::Updated, status, status);
@@ -192,7 +204,9 @@ impl Admin {
     /// changes: the record to store, marked managed, validated. An empty client secret leaves
     /// the stored one. Issuer metadata is fetched only for a new or changed issuer, so a restart
     /// does not depend on the issuer. Reconciling plans every declared profile before applying
-    /// any, so one bad entry changes nothing.
+    /// any, so one bad entry changes nothing. The rule of [`profile::check_redirect`] holds here
+    /// too: a declared profile with a `client_secret_file` supplies its secret on every
+    /// reconcile; one without it may not move a secret stored earlier to a new destination.
     pub async fn plan_managed(&self, input: &pb::Profile) -> Result<ManagedChange, AdminError> {
         profile::validate_name(&input.name)?;
         let now = self.engine.clock().now_ms();
@@ -217,16 +231,24 @@ impl Admin {
         }
         record.managed = true;
         self.prepare(&mut record, false).await?;
+        let held =
+            if created { HeldTokens::Keep } else { profile::check_redirect(&before, &record, secret.is_some())? };
         let changed = created || record != before;
         if changed {
             record.update_time_ms = now;
         }
-        Ok(ManagedChange { record, created, changed })
+        Ok(ManagedChange { record, created, changed, held })
     }
 
-    /// Stores a planned declared profile. Returns whether it was created.
-    pub fn apply_managed(&self, change: ManagedChange) -> Result<bool, AdminError> {
-        let ManagedChange { record, created, changed } = change;
+    /// Stores a planned declared profile; tokens issued at another origin than the one the
+    /// profile now sends them to are deleted first, as for [`Admin::update_profile`]. Returns
+    /// whether it was created.
+    pub async fn apply_managed(&self, change: ManagedChange) -> Result<bool, AdminError> {
+        let ManagedChange { record, created, changed, held } = change;
+        if held == HeldTokens::Drop {
+            let (_, connection) = self.engine.load(&record.name)?;
+            self.drop_foreign_tokens(&record.name, connection).await?;
+        }
         if created {
             let connection = ConnectionRecord { status: pb::Status::NotConnected as i32, ..Default::default() };
             self.engine.store().insert_profile(&record, &connection)?;

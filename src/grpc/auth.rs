@@ -10,7 +10,7 @@ use http::{Extensions, HeaderMap};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
-pub use crate::access::{Caller, Callers, Denied, Role, hash_token};
+pub use crate::access::{Caller, CallerGone, CallerWatch, Callers, Credential, Denied, Role, TokenRefused, hash_token};
 
 impl From<Denied> for Status {
     fn from(denied: Denied) -> Self {
@@ -18,21 +18,37 @@ impl From<Denied> for Status {
     }
 }
 
+impl From<TokenRefused> for Status {
+    fn from(refused: TokenRefused) -> Self {
+        match refused {
+            e @ TokenRefused::InvalidName(_) => Status::invalid_argument(e.to_string()),
+            TokenRefused::Denied(denied) => denied.into(),
+        }
+    }
+}
+
 /// Who is calling, from the request's `authorization` header and its connection (the
 /// extensions tonic's server attaches): a bearer token if one is presented (a wrong one is
 /// refused even on a trusted socket), else the TLS client certificate, else the Unix socket
-/// peer's uid. Failures are logged with the peer; the caller counts them per peer.
-pub fn identify(callers: &Callers, headers: &HeaderMap, extensions: &Extensions) -> Result<Arc<Caller>, Status> {
+/// peer's uid. Returns the caller and the credential it proved itself with (what a stream
+/// looks it up by again after a reload). Failures are logged with the peer; the caller counts
+/// them per peer.
+pub fn identify(
+    callers: &Callers,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Result<(Arc<Caller>, Credential), Status> {
     if let Some(header) = headers.get(http::header::AUTHORIZATION) {
         let value = header.to_str().map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
-        return callers.authenticate(token.trim()).ok_or_else(|| {
+        let caller = callers.authenticate(token.trim()).ok_or_else(|| {
             tracing::warn!(peer = ?remote_addr(extensions), "rejected an unknown bearer token");
             Status::unauthenticated("unknown bearer token")
-        });
+        })?;
+        return Ok((caller, Credential::of_token(token.trim())));
     }
     if let Some(certs) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs()) {
         return callers.by_certificate(&certs).ok_or_else(|| {
@@ -40,8 +56,10 @@ pub fn identify(callers: &Callers, headers: &HeaderMap, extensions: &Extensions)
             Status::unauthenticated("the client certificate names no configured caller")
         });
     }
-    if let Some(caller) = peer_uid(extensions).and_then(|uid| callers.by_uid(uid)) {
-        return Ok(caller);
+    if let Some(uid) = peer_uid(extensions)
+        && let Some(caller) = callers.by_uid(uid)
+    {
+        return Ok((caller, Credential::Uid(uid)));
     }
     Err(Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))
 }
@@ -62,4 +80,31 @@ pub fn peer_uid(extensions: &Extensions) -> Option<u32> {
 /// The caller the request layer attached.
 pub fn caller<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
     request.extensions().get::<Arc<Caller>>().cloned().ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+/// Follows the request's caller across reloads, for a stream that outlives the request: by the
+/// credential the request layer attached. A caller removed since the request was authenticated
+/// is refused here already.
+pub fn caller_watch<T>(callers: &Callers, request: &Request<T>) -> Result<CallerWatch, Status> {
+    let caller = caller(request)?;
+    let credential = request
+        .extensions()
+        .get::<Credential>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))?;
+    CallerWatch::new(callers, credential, &caller.name).map_err(|gone| removed(&gone))
+}
+
+/// The status that ends a stream whose caller a reload removed.
+pub fn removed(gone: &CallerGone) -> Status {
+    Status::unauthenticated(format!("{gone} by a reload; this stream ends"))
+}
+
+/// The status that ends a stream whose caller a reload changed so that it may no longer have
+/// what the stream sends.
+pub fn changed(caller: &Caller, refusal: Status) -> Status {
+    Status::new(
+        refusal.code(),
+        format!("caller {:?} changed in a configuration reload: {}; this stream ends", caller.name, refusal.message()),
+    )
 }

@@ -1,15 +1,14 @@
 //! `tokend.v1.ConnectedApps`: the admin surface.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::auth::{Callers, caller, caller_watch};
+use super::bound::{Replies, bound_to_caller};
 use super::convert::profile_reply;
 use super::status::to_status;
 use crate::admin::{Admin, ConnectStart, Revocation};
@@ -21,13 +20,16 @@ use crate::profile::timestamp;
 #[derive(Debug, Clone)]
 pub struct ConnectedAppsService {
     admin: Arc<Admin>,
+    /// The caller table, for watch streams to follow their caller across reloads.
+    callers: Callers,
     shutdown: CancellationToken,
 }
 
 impl ConnectedAppsService {
-    /// The service; `shutdown` ends watch streams.
-    pub fn new(admin: Arc<Admin>, shutdown: CancellationToken) -> Self {
-        Self { admin, shutdown }
+    /// The service; `shutdown` ends watch streams, and so does a reload of `callers` that
+    /// removes a stream's caller or takes its viewer role.
+    pub fn new(admin: Arc<Admin>, callers: Callers, shutdown: CancellationToken) -> Self {
+        Self { admin, callers, shutdown }
     }
 }
 
@@ -243,13 +245,14 @@ impl ConnectedApps for ConnectedAppsService {
         audited(request, "RefreshNow", |r| r.name.clone(), |r| self.refresh(r)).await
     }
 
-    type WatchProfilesStream = Pin<Box<dyn Stream<Item = Result<pb::ProfileEvent, Status>> + Send>>;
+    type WatchProfilesStream = Replies<pb::ProfileEvent>;
 
     async fn watch_profiles(
         &self,
         request: Request<pb::WatchProfilesRequest>,
     ) -> Result<Response<Self::WatchProfilesStream>, Status> {
-        caller(&request)?.require_viewer()?;
+        let watch = caller_watch(&self.callers, &request)?;
+        watch.current().load().require_viewer()?;
         let request = request.into_inner();
         let names: std::collections::HashSet<String> = request.names.into_iter().collect();
         // Subscribe before reading the initial state, so no change falls in between.
@@ -268,25 +271,23 @@ impl ConnectedApps for ConnectedAppsService {
             }
         }
         let admin = Arc::clone(&self.admin);
-        let shutdown = self.shutdown.clone();
-        let events = futures::StreamExt::take_until(
-            changes.filter_map(move |change| {
-                let change = change.ok()?;
-                if !names.is_empty() && !names.contains(&change.name) {
-                    return None;
-                }
-                let profile = admin.get_profile(&change.name).ok().map(|v| profile_reply(&v)).or_else(|| {
-                    Some(pb::Profile { name: change.name.clone(), status: change.status as i32, ..Default::default() })
-                });
-                Some(Ok(pb::ProfileEvent {
-                    kind: change.kind as i32,
-                    profile,
-                    previous_status: change.previous_status as i32,
-                    time: timestamp(admin.engine().clock().now_ms()),
-                }))
-            }),
-            async move { shutdown.cancelled().await },
-        );
-        Ok(Response::new(Box::pin(tokio_stream::iter(initial).chain(events))))
+        let events = changes.filter_map(move |change| {
+            let change = change.ok()?;
+            if !names.is_empty() && !names.contains(&change.name) {
+                return None;
+            }
+            let profile = admin.get_profile(&change.name).ok().map(|v| profile_reply(&v)).or_else(|| {
+                Some(pb::Profile { name: change.name.clone(), status: change.status as i32, ..Default::default() })
+            });
+            Some(Ok(pb::ProfileEvent {
+                kind: change.kind as i32,
+                profile,
+                previous_status: change.previous_status as i32,
+                time: timestamp(admin.engine().clock().now_ms()),
+            }))
+        });
+        let events = Box::pin(tokio_stream::iter(initial).chain(events));
+        let allowed = Box::new(|caller: &crate::access::Caller| Ok(caller.require_viewer()?));
+        Ok(Response::new(bound_to_caller(events, watch, allowed, self.shutdown.clone())))
     }
 }

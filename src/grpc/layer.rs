@@ -126,8 +126,9 @@ impl<S> RequestService<S> {
             )));
         }
         match identify(&self.shared.callers, request.headers(), request.extensions()) {
-            Ok(caller) => {
+            Ok((caller, credential)) => {
                 request.extensions_mut().insert(caller);
+                request.extensions_mut().insert(credential);
                 Ok(())
             }
             Err(status) => {

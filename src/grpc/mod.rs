@@ -4,6 +4,7 @@
 //! an authenticated caller.
 
 pub mod auth;
+mod bound;
 mod connected_apps;
 mod convert;
 pub mod layer;
@@ -57,6 +58,7 @@ pub async fn routes(
     let (reporter, health) = tonic_health::server::health_reporter();
     let apps = pb::connected_apps_server::ConnectedAppsServer::new(ConnectedAppsService::new(
         Arc::clone(&admin),
+        callers.clone(),
         shutdown.clone(),
     ))
     .max_decoding_message_size(max_message_bytes)
@@ -64,9 +66,10 @@ pub async fn routes(
     let maintenance = pb::maintenance_server::MaintenanceServer::new(MaintenanceService::new(Arc::clone(&admin)))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    let tokens = pb::tokens_server::TokensServer::new(TokensService::new(Arc::clone(admin.engine()), shutdown))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+    let tokens =
+        pb::tokens_server::TokensServer::new(TokensService::new(Arc::clone(admin.engine()), callers.clone(), shutdown))
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
     reporter.set_serving::<pb::connected_apps_server::ConnectedAppsServer<ConnectedAppsService>>().await;
     reporter.set_serving::<pb::tokens_server::TokensServer<TokensService>>().await;
     reporter.set_serving::<pb::maintenance_server::MaintenanceServer<MaintenanceService>>().await;

@@ -1,17 +1,16 @@
 //! `tokend.v1.Tokens`: the worker surface.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
 use secrecy::ExposeSecret as _;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::auth::{Callers, caller, caller_watch};
+use super::bound::{Replies, bound_to_caller};
 use super::status::to_status;
 use crate::api::pb;
 use crate::api::pb::tokens_server::Tokens;
@@ -22,13 +21,16 @@ use crate::profile::timestamp;
 #[derive(Debug, Clone)]
 pub struct TokensService {
     engine: Arc<Engine>,
+    /// The caller table, for watch streams to follow their caller across reloads.
+    callers: Callers,
     shutdown: CancellationToken,
 }
 
 impl TokensService {
-    /// The service; `shutdown` ends watch streams.
-    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> Self {
-        Self { engine, shutdown }
+    /// The service; `shutdown` ends watch streams, and so does a reload of `callers` that
+    /// removes a stream's caller or takes the profile from its patterns.
+    pub fn new(engine: Arc<Engine>, callers: Callers, shutdown: CancellationToken) -> Self {
+        Self { engine, callers, shutdown }
     }
 }
 
@@ -68,45 +70,45 @@ impl Tokens for TokensService {
         Ok(Response::new(reply(request.name, &handout.token)))
     }
 
-    type WatchAccessTokenStream = Pin<Box<dyn Stream<Item = Result<pb::AccessToken, Status>> + Send>>;
+    type WatchAccessTokenStream = Replies<pb::AccessToken>;
 
     async fn watch_access_token(
         &self,
         request: Request<pb::WatchAccessTokenRequest>,
     ) -> Result<Response<Self::WatchAccessTokenStream>, Status> {
-        let caller = caller(&request)?;
+        let watch = caller_watch(&self.callers, &request)?;
         let request = request.into_inner();
-        caller.require_token(&request.name)?;
+        let current = watch.current();
+        current.load().require_token(&request.name)?;
         let min = min_valid_for(request.min_valid_for.as_ref())?;
         let name = request.name;
         // Subscribe first, so a refresh between the first answer and the subscription is seen.
         let changes = BroadcastStream::new(self.engine.subscribe());
         let first = self.engine.access_token(&name, min).await.map_err(to_status)?;
-        caller.handouts.record(&name, first.at_ms, first.token.token_version);
+        current.load().handouts.record(&name, first.at_ms, first.token.token_version);
         let mut last_version = first.token.token_version;
         let engine = Arc::clone(&self.engine);
-        let shutdown = self.shutdown.clone();
         let stream_name = name.clone();
-        let updates = futures::StreamExt::take_until(
-            changes.filter_map(move |change| {
-                let change = change.ok()?;
-                if change.name != stream_name {
-                    return None;
-                }
-                if change.kind == pb::profile_event::Kind::Deleted {
-                    return Some(Err(Status::not_found(format!("profile {stream_name:?} was deleted"))));
-                }
-                let state = engine.cached(&stream_name)?;
-                let token = state.token.as_ref()?;
-                if token.token_version <= last_version {
-                    return None;
-                }
-                last_version = token.token_version;
-                caller.handouts.record(&stream_name, engine.clock().now_ms(), token.token_version);
-                Some(Ok(reply(stream_name.clone(), token)))
-            }),
-            async move { shutdown.cancelled().await },
-        );
-        Ok(Response::new(Box::pin(tokio_stream::once(Ok(reply(name, &first.token))).chain(updates))))
+        let updates = changes.filter_map(move |change| {
+            let change = change.ok()?;
+            if change.name != stream_name {
+                return None;
+            }
+            if change.kind == pb::profile_event::Kind::Deleted {
+                return Some(Err(Status::not_found(format!("profile {stream_name:?} was deleted"))));
+            }
+            let state = engine.cached(&stream_name)?;
+            let token = state.token.as_ref()?;
+            if token.token_version <= last_version {
+                return None;
+            }
+            last_version = token.token_version;
+            // The caller as it now stands: a reload's audit writer reads that one's tallies.
+            current.load().handouts.record(&stream_name, engine.clock().now_ms(), token.token_version);
+            Some(Ok(reply(stream_name.clone(), token)))
+        });
+        let replies = Box::pin(tokio_stream::once(Ok(reply(name.clone(), &first.token))).chain(updates));
+        let allowed = Box::new(move |caller: &crate::access::Caller| Ok(caller.require_token(&name)?));
+        Ok(Response::new(bound_to_caller(replies, watch, allowed, self.shutdown.clone())))
     }
 }

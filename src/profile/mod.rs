@@ -2,6 +2,7 @@
 //! conversions both ways, and resolution of the provider settings a profile stands for (the
 //! profile's own values, else its issuer's discovered metadata, else its preset).
 
+mod destinations;
 mod discovered;
 mod view;
 
@@ -17,6 +18,7 @@ use crate::crypto::{KeyRing, Purpose};
 use crate::provider::{AuthMethod, Preset, ProviderSettings, fill_tenant, parse_endpoint, preset, preset_ids};
 use crate::store::{DiscoveredRecord, ProfileRecord, RefreshPolicyRecord};
 
+pub use destinations::{HeldTokens, check_redirect};
 pub use discovered::{names_issuer, to_record as discovered_record, wants_discovery};
 pub use view::to_api;
 

@@ -20,5 +20,6 @@ mod refresh_edges;
 mod request_layer;
 mod roles;
 mod security;
+mod security_rules;
 mod support;
 mod tokenctl;

@@ -5,8 +5,9 @@
 #                                     with its commented examples uncommented), and that it documents
 #                                     every config key with its TOKEND_* name
 #   - deploy/kubernetes/*.yaml        kubernetes-validate --strict (offline schemas), the kustomize
-#                                     rendering, cross-references, and the ConfigMap's tokend.toml
-#                                     under the image's and the StatefulSet's environment
+#                                     rendering, cross-references, the ConfigMap's tokend.toml
+#                                     under the image's and the StatefulSet's environment, and
+#                                     that the pod serves gRPC over TLS only
 #   - deploy/prometheus/alerts.yaml   promtool check rules, promtool test rules
 #   - deploy/container/Containerfile  hadolint, and `cargo check --locked` on the build context it
 #                                     sees (no container engine here: the image is not built)
@@ -366,9 +367,10 @@ print("StatefulSet, Services, NetworkPolicy, ConfigMap and Secret agree (mounts,
 PY
 }
 
-check_k8s_effective_config() {
-    # The pod's configuration: the ConfigMap's tokend.toml, overridden by the image's ENV
-    # (Containerfile) and the StatefulSet's env, exactly in tokend's precedence order.
+# k8s_pod_env: writes the ConfigMap's tokend.toml to $WORK/k8s-tokend.toml and the pod's
+# environment (the image's ENV, then the StatefulSet's env, TOKEND_CONFIG pointing at that file)
+# to $WORK/k8s.env, one NAME=value a line.
+k8s_pod_env() {
     "$PY" - <<PY
 import re, shlex, yaml
 cm = yaml.safe_load(open("deploy/kubernetes/configmap.yaml"))
@@ -388,11 +390,17 @@ with open("$WORK/k8s.env", "w") as f:
     for k, v in env.items():
         f.write(f"{k}={v}\n")
 PY
+}
+
+check_k8s_effective_config() {
+    # The pod's configuration: the ConfigMap's tokend.toml, overridden by the image's ENV
+    # (Containerfile) and the StatefulSet's env, exactly in tokend's precedence order.
+    k8s_pod_env
     echo "environment: $(grep -v '^TOKEND_CONFIG=' "$WORK/k8s.env" | tr '\n' ' ')"
     local out
     mapfile -t envs <"$WORK/k8s.env"
     out=$(tokend_clean "${envs[@]}" "$TOKEND" check-config)
-    for want in 'data_dir = "/var/lib/tokend"' 'listen = "0.0.0.0:50051"' 'allow_insecure_non_loopback = true' \
+    for want in 'data_dir = "/var/lib/tokend"' 'listen = "0.0.0.0:50051"' 'allow_insecure_non_loopback = false' \
         'listen = "0.0.0.0:8085"' 'format = "json"' 'key_file = "/etc/tokend-key/tokend.key"'; do
         grep -qxF "$want" <<<"$out" || { echo "$out"; echo "effective config lacks: $want"; return 1; }
     done
@@ -400,6 +408,71 @@ PY
     # The ConfigMap alone (without the image's ENV) must be valid too.
     tokend_clean "$TOKEND" --config "$WORK/k8s-tokend.toml" check-config >/dev/null
     echo "check-config OK: the ConfigMap's tokend.toml alone"
+}
+
+check_k8s_grpc_tls() {
+    # Regression guard (#14): the shipped pod serves gRPC over TLS only. In the pod's effective
+    # configuration grpc.tls has a certificate and key and plain TCP off loopback is refused (so a
+    # lost [grpc.tls] stops tokend instead of serving plain text); both files come from a mounted
+    # Secret (created by certificate.yaml's cert-manager Certificate or by the operator); the
+    # Service does not announce plain-text HTTP/2; probes stay HTTP on the HTTP port (the native
+    # grpc probe cannot speak TLS); and the OAuth callback URL is set explicitly to an https URL
+    # (the default would be derived from the bound 0.0.0.0 address).
+    k8s_pod_env
+    mapfile -t envs <"$WORK/k8s.env"
+    tokend_clean "${envs[@]}" "$TOKEND" check-config >"$WORK/k8s-effective.toml"
+    "$PY" - "$WORK/k8s-effective.toml" "${K8S_FILES[@]}" <<'PY'
+import posixpath, sys, tomllib, yaml
+config = tomllib.load(open(sys.argv[1], "rb"))
+docs = [d for f in sys.argv[2:] for d in yaml.safe_load_all(open(f)) if d]
+by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+errors = []
+def need(cond, msg):
+    if not cond:
+        errors.append(msg)
+grpc, tls = config["grpc"], config["grpc"]["tls"]
+need(tls["cert_file"] and tls["key_file"], "gRPC without TLS: grpc.tls.cert_file/key_file are empty in the pod's effective config")
+need(grpc["allow_insecure_non_loopback"] is False, "grpc.allow_insecure_non_loopback is true in the pod: plain text would be served if TLS were lost")
+sts = by[("StatefulSet", "tokend")]
+pod = sts["spec"]["template"]["spec"]
+c = pod["containers"][0]
+mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+vols = {v["name"]: v for v in pod["volumes"]}
+for key in ("cert_file", "key_file", "client_ca_file"):
+    path = tls.get(key)
+    if not path:
+        continue
+    vol = vols.get(mounts.get(posixpath.dirname(path), ""), {})
+    need("secret" in vol, f"grpc.tls.{key} {path} is not in a mounted Secret")
+    if "secret" in vol:
+        secret = vol["secret"]["secretName"]
+        certs = [d for d in docs if d["kind"] == "Certificate" and d["spec"].get("secretName") == secret]
+        need(certs, f"no cert-manager Certificate in the manifests writes Secret {secret} (document the manual Secret too)")
+        # kubernetes-validate has no schema for cert-manager's CRD: check what tokend relies on.
+        for cert in certs:
+            spec = cert["spec"]
+            need(cert["apiVersion"] == "cert-manager.io/v1", "Certificate apiVersion is not cert-manager.io/v1")
+            need({"tokend.tokend.svc", "localhost"} <= set(spec.get("dnsNames", [])), "Certificate dnsNames lack tokend.tokend.svc or localhost")
+            need(spec.get("issuerRef", {}).get("name") and spec["issuerRef"].get("kind") in ("Issuer", "ClusterIssuer"), "Certificate issuerRef needs a name and kind Issuer or ClusterIssuer")
+            need("server auth" in spec.get("usages", ["server auth"]), "Certificate usages lack server auth")
+        need(not vol["secret"].get("optional", False), f"the TLS Secret volume {secret} must not be optional")
+for (kind, name), d in by.items():
+    if kind == "Service":
+        for port in d["spec"]["ports"]:
+            if port.get("targetPort") == "grpc" or port.get("port") == 50051:
+                need(port.get("appProtocol") != "kubernetes.io/h2c", f"Service {name} announces plain-text h2c on the gRPC port")
+for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    p = c.get(probe, {})
+    need("grpc" not in p, f"{probe} is a grpc probe: it cannot speak TLS")
+    need(p.get("httpGet", {}).get("port") == "http" and p.get("httpGet", {}).get("scheme", "HTTP") == "HTTP", f"{probe} is not plain HTTP on the http port")
+callback = config["http"]["callback_url"]
+need(callback.startswith("https://") and callback.endswith("/oauth/callback"), f"http.callback_url {callback!r} is not an explicit https://.../oauth/callback")
+if errors:
+    print("\n".join(errors))
+    sys.exit(1)
+print(f"gRPC TLS in the pod: {tls['cert_file']}, {tls['key_file']} from a mounted Secret; plain TCP refused;")
+print(f"probes HTTP on the http port; callback_url {callback}")
+PY
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -485,6 +558,7 @@ run_check "kubernetes: kubernetes-validate --strict (schemas $KUBERNETES_VALIDAT
 run_check "kubernetes: kubectl kustomize deploy/kubernetes + validate the rendering" check_k8s_kustomize
 run_check "kubernetes: cross-references between manifests" check_k8s_references
 run_check "kubernetes: effective tokend config in the pod" check_k8s_effective_config
+run_check "kubernetes: gRPC only over TLS, probes HTTP, explicit https callback URL" check_k8s_grpc_tls
 run_check "prometheus: promtool check rules deploy/prometheus/alerts.yaml" check_prom_rules
 run_check "prometheus: promtool test rules deploy/prometheus/alerts.test.yaml" check_prom_tests
 run_check "prometheus: alert metrics exist in src/metrics.rs" check_prom_metric_names

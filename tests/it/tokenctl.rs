@@ -1,5 +1,6 @@
 //! The `tokenctl` binary as an admin or a script meets it, against the real daemon in-process and
-//! the fake provider: the consent round trip, tokens on stdout, JSON output and exit codes.
+//! the fake provider: the consent round trip, tokens on stdout, JSON output and exit codes; in
+//! [`tls`], a daemon that speaks TLS and callers known by their client certificate.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -9,13 +10,32 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::support::*;
 
-/// `tokenctl` aimed at `addr` with `token`, the environment cleared of TOKEND_*.
-fn tokenctl_at(addr: &str, token: &str) -> Command {
+mod tls;
+
+/// `tokenctl` aimed at `addr`, the environment cleared of tokenctl's variables and of the
+/// system trust store overrides (so each test says which roots it trusts).
+fn tokenctl_bare(addr: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tokenctl"));
-    for var in ["TOKEND_ADDR", "TOKEND_TOKEN", "TOKEND_TOKEN_FILE"] {
+    for var in [
+        "TOKEND_ADDR",
+        "TOKEND_TOKEN",
+        "TOKEND_TOKEN_FILE",
+        "TOKENCTL_CA_FILE",
+        "TOKENCTL_CERT_FILE",
+        "TOKENCTL_KEY_FILE",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ] {
         command.env_remove(var);
     }
-    command.args(["--addr", addr, "--token", token]).env("FAKE_SECRET", "test-secret");
+    command.args(["--addr", addr]);
+    command
+}
+
+/// `tokenctl` aimed at `addr` with `token`.
+fn tokenctl_at(addr: &str, token: &str) -> Command {
+    let mut command = tokenctl_bare(addr);
+    command.args(["--token", token]).env("FAKE_SECRET", "test-secret");
     command
 }
 

@@ -17,7 +17,19 @@ pub(crate) struct Cli {
     /// File holding the bearer token.
     #[arg(long, env = "TOKEND_TOKEN_FILE", global = true)]
     pub(crate) token_file: Option<PathBuf>,
-    /// tokend's data directory: without a token, `<data-dir>/admin.token` is used.
+    /// PEM file of the CA that signed tokend's certificate, trusted instead of the system roots
+    /// (`https://` addresses only).
+    #[arg(long, env = "TOKENCTL_CA_FILE", value_name = "FILE", global = true)]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS: tokend knows the caller by the certificate's DNS
+    /// name, so no bearer token is needed (`https://` addresses only; needs --key-file).
+    #[arg(long, env = "TOKENCTL_CERT_FILE", value_name = "FILE", requires = "key_file", global = true)]
+    pub(crate) cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "TOKENCTL_KEY_FILE", value_name = "FILE", requires = "cert_file", global = true)]
+    pub(crate) key_file: Option<PathBuf>,
+    /// tokend's data directory: without a token or a client certificate, `<data-dir>/admin.token`
+    /// is used.
     #[arg(long, default_value = "./tokend-data", global = true)]
     pub(crate) data_dir: PathBuf,
     /// Output format.

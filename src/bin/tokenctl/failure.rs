@@ -32,6 +32,8 @@ pub(crate) type Outcome<T = ()> = Result<T, Failure>;
 pub(crate) struct Hints {
     pub(crate) addr: String,
     pub(crate) data_dir: PathBuf,
+    /// Whether a client certificate was presented: then a refusal is about the certificate.
+    pub(crate) by_certificate: bool,
 }
 
 // === impl Hints ===
@@ -47,11 +49,16 @@ impl Hints {
             message = format!("{message}: {}", error_chain(source));
         }
         let hint = match code {
+            Code::Unauthenticated if self.by_certificate => Some(
+                "the certificate's DNS name must be a caller's cert_dns_name and its CA tokend's \
+                 grpc.tls.client_ca_file"
+                    .to_owned(),
+            ),
             Code::Unauthenticated => Some(format!(
                 "pass --token, --token-file or run where {} is readable",
                 self.data_dir.join("admin.token").display()
             )),
-            Code::PermissionDenied => Some("this token's role may not do that; use an admin token".to_owned()),
+            Code::PermissionDenied => Some("this caller's role or profile patterns do not allow that".to_owned()),
             Code::NotFound => Some("see `tokenctl list`".to_owned()),
             Code::Unavailable if local => Some(format!("is tokend running at {}?", self.addr)),
             Code::Unavailable => Some("retry later".to_owned()),

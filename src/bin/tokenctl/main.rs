@@ -12,6 +12,7 @@ mod failure;
 mod input;
 mod maintenance;
 mod render;
+mod tls;
 
 use std::process::ExitCode;
 

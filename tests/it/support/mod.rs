@@ -1,7 +1,9 @@
 //! Shared helpers of the integration tests: a daemon started in-process on port 0 with a
 //! temporary data directory, gRPC clients carrying a bearer token, a fake provider, a log
-//! capture for "no secret in any log line" checks, and free ports for child daemons.
+//! capture for "no secret in any log line" checks, free ports for child daemons, and a
+//! throwaway CA for TLS tests.
 
+pub mod certs;
 pub mod fake_provider;
 pub mod logs;
 pub mod ports;
@@ -19,6 +21,7 @@ use tokend::config::{CallerConfig, Config};
 use tokend::daemon::{Daemon, StartOptions};
 use tonic::transport::Channel;
 
+pub use certs::Ca;
 pub use fake_provider::{FakeProvider, Fault};
 pub use logs::{assert_no_secret_in_logs, logs};
 pub use ports::free_port;

@@ -46,6 +46,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// Checks at start that protect secrets on disk.
+    pub security: SecurityConfig,
     /// Who may call the gRPC API. Empty: a generated admin token in `<data_dir>/admin.token`.
     pub callers: Vec<CallerConfig>,
     /// Profiles declared here (GitOps, a Kubernetes ConfigMap), reconciled at start and on
@@ -168,6 +170,13 @@ pub struct HttpConfig {
     /// The OAuth redirect URI profiles use unless they name their own. Empty: derived from
     /// `listen` as `http://<listen>/oauth/callback`.
     pub callback_url: String,
+    /// Seconds a client has to send a request's headers, and the longest a kept-alive
+    /// connection may sit idle: a client that trickles its headers (slowloris) is cut off
+    /// instead of holding a connection for ever.
+    pub header_read_timeout_secs: u64,
+    /// Connections served at once; further ones wait in the kernel's accept queue until one
+    /// closes, so a flood of connections cannot grow memory or tasks without bound.
+    pub max_connections: usize,
 }
 
 /// The embedded store.
@@ -281,6 +290,24 @@ pub struct MetricsConfig {
     /// Per-profile series (seconds until expiry) for at most this many profiles, by name order,
     /// so 100k profiles do not mean 100k series.
     pub max_profile_series: usize,
+    /// Whether `/metrics` shows per-profile series (`tokend_token_expires_in_seconds{profile=…}`).
+    /// They name profiles to whoever can reach the HTTP listener; off drops them.
+    pub profile_labels: bool,
+}
+
+/// Checks at start that protect secrets on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Refuse to start when the key file, `admin.token` or the data directory can be read by
+    /// group or others (off: start with a loud warning instead).
+    pub refuse_open_permissions: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self { refuse_open_permissions: true }
+    }
 }
 
 impl Default for AuditConfig {
@@ -291,7 +318,7 @@ impl Default for AuditConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { max_profile_series: 100 }
+        Self { max_profile_series: 100, profile_labels: true }
     }
 }
 
@@ -331,6 +358,7 @@ impl Default for Config {
             log: LogConfig::default(),
             audit: AuditConfig::default(),
             metrics: MetricsConfig::default(),
+            security: SecurityConfig::default(),
             callers: Vec::new(),
             profiles: Vec::new(),
             prune_profiles: false,
@@ -371,7 +399,12 @@ impl HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8085)), callback_url: String::new() }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8085)),
+            callback_url: String::new(),
+            header_read_timeout_secs: 10,
+            max_connections: 256,
+        }
     }
 }
 

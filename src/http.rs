@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -25,7 +25,7 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
 }
 
-/// The routes.
+/// The routes, every one (the 404 fallback too) behind [`security_headers`].
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route(crate::config::HttpConfig::CALLBACK_PATH, get(callback))
@@ -33,6 +33,21 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// The headers every reply carries, in one layer so routes added later (the landing page) get
+/// them too: `X-Content-Type-Options: nosniff` (a browser must not guess a type, e.g. run an
+/// error message as script); unless the route set its own, `Cache-Control: no-store` (the
+/// callback page shows consent outcomes and `/metrics` profile names: neither belongs in a
+/// cache) and `Referrer-Policy: no-referrer` (the callback URL carries the authorization code
+/// and state; a link followed from the page must not send it on).
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    headers.entry(header::REFERRER_POLICY).or_insert(HeaderValue::from_static("no-referrer"));
+    response
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,8 +66,8 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         t = escape(title),
         b = escape(body)
     );
-    (status, [(header::CACHE_CONTROL, "no-store"), (header::REFERRER_POLICY, "no-referrer")], Html(html))
-        .into_response()
+    // No-store and no-referrer come from `security_headers`.
+    (status, Html(html)).into_response()
 }
 
 async fn callback(State(state): State<HttpState>, Query(query): Query<CallbackQuery>) -> Response {

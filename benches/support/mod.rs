@@ -71,6 +71,11 @@ impl Args {
 /// The benchmark daemon configuration: data in `dir`, both listeners on loopback port 0, an
 /// admin and a consumer caller (no generated admin token).
 pub fn bench_config(dir: &Path) -> Config {
+    // tokend refuses a data directory that group or others can enter; temp dirs follow the umask.
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        eprintln!("making {} private: {e}", dir.display());
+    }
     let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
     config.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -29,6 +29,12 @@ impl Config {
             return reject("consent.ttl_secs", "must be positive");
         }
         check_grpc(&self.grpc)?;
+        if self.http.header_read_timeout_secs == 0 {
+            return reject("http.header_read_timeout_secs", "must be positive");
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > 1_000_000 {
+            return reject("http.max_connections", "must be between 1 and 1000000");
+        }
         if !self.http.callback_url.is_empty()
             && let Err(why) = crate::provider::parse_endpoint("http.callback_url", &self.http.callback_url, true)
         {

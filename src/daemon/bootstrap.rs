@@ -29,6 +29,49 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Checks that the data directory, the key file (unless the key comes from `TOKEND_KEY`) and
+/// `admin.token` are not open to group or others: files an operator created or loosened (tokend
+/// creates them 0700/0600) would hand the key to the store's secrets, or the admin's bearer
+/// token, to other local users. Refuses with a message naming the file and the `chmod` that
+/// fixes it, or, with `security.refuse_open_permissions = false`, only warns.
+pub fn check_permissions(config: &Config, key_from_env: bool) -> Result<(), StartError> {
+    /// A path that must stay private: whether it is a directory, and the error it gives.
+    type Private = (std::path::PathBuf, bool, fn(String) -> StartError);
+    let mut private: Vec<Private> = vec![
+        (config.data_dir.clone(), true, StartError::Data),
+        (config.data_dir.join("admin.token"), false, StartError::Data),
+    ];
+    if !key_from_env {
+        private.push((config.key_file(), false, StartError::Key));
+    }
+    for (path, is_dir, error) in private {
+        let Some(problem) = open_permissions(&path, is_dir) else { continue };
+        if config.security.refuse_open_permissions {
+            return Err(error(format!("{problem} (or set security.refuse_open_permissions = false to start anyway)")));
+        }
+        tracing::warn!(path = %path.display(), "{problem}; starting anyway (security.refuse_open_permissions = false)");
+    }
+    Ok(())
+}
+
+/// What is wrong with `path`'s mode, and the fix, if group or others have any access to it;
+/// `None` for a private or missing path.
+fn open_permissions(path: &Path, is_dir: bool) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // `metadata` follows symlinks: what counts is the mode of the file read (a Kubernetes
+    // Secret's key file is a symlink).
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return None;
+    }
+    let (what, private) = if is_dir { ("data directory", "700") } else { ("file", "600") };
+    Some(format!(
+        "{what} {} has mode {mode:04o}: group or others can get at key material; run `chmod {private} {}`",
+        path.display(),
+        path.display()
+    ))
+}
+
 /// How often, and how far apart, opening a locked store is tried again (about 1 s in all).
 const LOCK_RETRIES: usize = 20;
 const LOCK_PAUSE_MS: u64 = 50;

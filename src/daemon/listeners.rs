@@ -5,9 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+
 use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -75,19 +80,76 @@ pub fn serve_tcp(
 }
 
 /// Serves the HTTP `router` (callback, health, metrics) on `listener` until `shutdown` fires,
-/// then lets open requests finish.
+/// then lets open requests finish. HTTP/1.1 only (browsers and Prometheus speak it on a plain
+/// port; HTTP/2 there would be prior-knowledge h2c, which no client of this listener uses), so
+/// `http.header_read_timeout_secs` covers every connection from its first byte: a client that
+/// trickles its headers, or keeps a connection idle between requests, is cut off. At most
+/// `http.max_connections` are served at once: the next one is accepted only when one closes,
+/// and until then waits in the kernel's accept queue (bounded by the listen backlog).
 pub fn serve_http(
     router: axum::Router,
     listener: TcpListener,
+    config: &crate::config::HttpConfig,
     shutdown: CancellationToken,
 ) -> JoinHandle<std::io::Result<()>> {
-    let incoming = http_incoming(listener);
+    use axum::serve::Listener as _;
+    let mut incoming = http_incoming(listener);
+    let header_timeout = Duration::from_secs(config.header_read_timeout_secs);
+    let max = config.max_connections;
     tokio::spawn(async move {
-        axum::serve(incoming, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+        let slots = Arc::new(Semaphore::new(max));
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&slots).acquire_owned() => permit,
+                () = shutdown.cancelled() => break,
+            };
+            // The semaphore is never closed; treat a closed one as the end of serving.
+            let Ok(permit) = permit else { break };
+            let stream = tokio::select! {
+                (stream, _peer) = incoming.accept() => stream,
+                () = shutdown.cancelled() => break,
+            };
+            tokio::spawn(serve_http_connection(stream, router.clone(), header_timeout, shutdown.clone(), permit));
+        }
+        // Every connection holds a slot: having them all back means every connection ended.
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        let _ = slots.acquire_many(all).await;
+        Ok(())
     })
 }
 
-/// Binds the Unix socket (replacing a stale socket file) with the configured mode.
+/// One HTTP/1.1 connection, with the header timeout; on shutdown it finishes the request in
+/// progress and closes. `_slot` is given back when the connection ends.
+async fn serve_http_connection(
+    stream: TcpStream,
+    router: axum::Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        // A timed-out or broken client: nothing the daemon needs to act on.
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Binds the Unix socket (replacing a stale socket file) with the configured mode, which it
+/// has from the instant it appears at `path`: binding creates the file with the umask's mode,
+/// and a chmod after it would leave a window in which others may connect. The umask is
+/// process-wide (other threads create files meanwhile), so instead the socket is bound in a
+/// fresh directory beside `path` that only this user can enter (mode 0700), given its mode
+/// there, and renamed into place (atomic within the directory; it also replaces a stale socket).
 pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
     let fail =
         |what: &str, e: std::io::Error| StartError::Listen(format!("Unix socket {}: {what}: {e}", path.display()));
@@ -96,11 +158,27 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, StartError> {
         if !meta.file_type().is_socket() {
             return Err(StartError::Listen(format!("{} exists and is not a socket", path.display())));
         }
-        std::fs::remove_file(path).map_err(|e| fail("removing the stale socket", e))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| fail("bind", e))?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // A random name, created anew (never an existing directory someone else may have made).
+    let private = parent.join(format!(".tokend-{}", &crate::crypto::random_token()[..12]));
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().mode(0o700).create(&private).map_err(|e| fail("creating a private directory", e))?;
+    }
+    let bound = bind_privately(&private.join("s"), path, mode).map_err(|(what, e)| fail(what, e));
+    if let Err(e) = std::fs::remove_dir_all(&private) {
+        tracing::warn!(dir = %private.display(), error = %e, "removing the socket's private directory failed");
+    }
+    bound
+}
+
+/// Binds at `inside` (in a directory only we can enter), sets `mode`, and renames to `path`.
+fn bind_privately(inside: &Path, path: &Path, mode: u32) -> Result<UnixListener, (&'static str, std::io::Error)> {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| fail("chmod", e))?;
+    let listener = UnixListener::bind(inside).map_err(|e| ("bind", e))?;
+    std::fs::set_permissions(inside, std::fs::Permissions::from_mode(mode)).map_err(|e| ("chmod", e))?;
+    std::fs::rename(inside, path).map_err(|e| ("moving into place", e))?;
     Ok(listener)
 }
 
@@ -118,8 +196,6 @@ pub fn serve_unix(routes: Routes, listener: UnixListener, path: PathBuf, shutdow
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use arc_swap::ArcSwap;
     use axum::serve::Listener as _;
     use futures::StreamExt as _;
@@ -193,5 +269,36 @@ mod tests {
         let (client, (server, _peer)) = tokio::join!(TcpStream::connect(addr), incoming.accept());
         let _client = client.expect("connect");
         assert!(server.nodelay().expect("read TCP_NODELAY"), "TCP_NODELAY is off on an accepted HTTP connection");
+    }
+
+    /// #14 item 9: the socket file has its configured mode the instant it appears at its path
+    /// (no window between bind and chmod in which the umask's mode lets others connect). A
+    /// watcher polls the path while the socket is bound again and again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unix_socket_has_its_mode_from_the_start() {
+        use std::os::unix::fs::PermissionsExt as _;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokend.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (path, stop) = (path.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                        seen.insert(format!("{:o}", meta.permissions().mode() & 0o777));
+                    }
+                }
+                seen
+            })
+        };
+        for _ in 0..2000 {
+            let listener = bind_unix(&path, 0o600).expect("bind");
+            drop(listener);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let seen = watcher.join().expect("watcher");
+        assert_eq!(seen, ["600".to_owned()].into_iter().collect(), "modes the socket file was seen with");
     }
 }

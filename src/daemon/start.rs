@@ -45,6 +45,7 @@ pub(super) struct Serving {
 /// key ring, checked against the store's canary.
 pub(super) fn open_storage(config: &Config, options: &StartOptions) -> Result<(Arc<dyn Store>, KeyRing), StartError> {
     ensure_data_dir(&config.data_dir)?;
+    bootstrap::check_permissions(config, options.env_key.is_some())?;
     let store = bootstrap::open_store(config)?;
     upgrade::upgrade(
         &store,
@@ -144,10 +145,11 @@ pub(super) async fn serve(
     }
     let ready = Arc::new(AtomicBool::new(false));
     let last_sweep = Arc::clone(&scheduler.last_sweep_ms);
-    let metrics =
-        Arc::new(Metrics::new(engine.metrics(), &grpc_metrics, last_sweep, config.metrics.max_profile_series));
+    // Per-profile series name profiles to whoever can scrape: none when profile_labels is off.
+    let profile_series = if config.metrics.profile_labels { config.metrics.max_profile_series } else { 0 };
+    let metrics = Arc::new(Metrics::new(engine.metrics(), &grpc_metrics, last_sweep, profile_series));
     let http_state = crate::http::HttpState { admin: Arc::clone(admin), ready: Arc::clone(&ready), metrics };
-    let http_task = listeners::serve_http(crate::http::router(http_state), bound.http, shutdown.clone());
+    let http_task = listeners::serve_http(crate::http::router(http_state), bound.http, &config.http, shutdown.clone());
     Ok(Serving {
         grpc_addr: bound.grpc_addr,
         http_addr: bound.http_addr,

@@ -6,7 +6,7 @@
 //! live there.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use oauth2::reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -53,10 +53,9 @@ impl Network {
         Ok(Self { addr, prefix })
     }
 
-    /// Whether `ip` is in this network. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) count as
-    /// their IPv4 address, so the mapping cannot be used to slip past an IPv4 entry.
+    /// Whether `ip` itself is in this network (no other form of it is tried: see
+    /// [`DenyList::denies`]). Addresses of the other family are never in it.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
@@ -77,10 +76,66 @@ impl fmt::Display for Network {
     }
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
+/// How an IPv6 address carries an IPv4 one; a connection to it may reach that IPv4 address
+/// (through a NAT64 gateway, a 6to4 relay, the kernel's mapping or an old tunnel), so the
+/// deny-list checks the IPv4 address too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Embedding {
+    /// `::ffff:a.b.c.d` (IPv4-mapped) or `::ffff:0:a.b.c.d` (IPv4-translated, SIIT).
+    Mapped,
+    /// `::a.b.c.d`, the deprecated IPv4-compatible form (`::` and `::1` excepted).
+    Compatible,
+    /// `64:ff9b::/96`, NAT64's well-known prefix (RFC 6052).
+    Nat64,
+    /// `64:ff9b:1::/48`, NAT64's local-use prefix (RFC 8215); the translation prefix may be
+    /// /48, /56, /64 or /96 long, so each place RFC 6052 puts the IPv4 address is tried.
+    Nat64LocalUse,
+    /// `2002::/16`, 6to4: the 32 bits after the prefix (RFC 3056).
+    SixToFour,
+}
+
+impl fmt::Display for Embedding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Mapped => "IPv4-mapped",
+            Self::Compatible => "IPv4-compatible",
+            Self::Nat64 => "NAT64, 64:ff9b::/96",
+            Self::Nat64LocalUse => "NAT64, 64:ff9b:1::/48",
+            Self::SixToFour => "6to4, 2002::/16",
+        })
+    }
+}
+
+/// Where RFC 6052 puts the IPv4 address under a /48, /56, /64 and /96 translation prefix
+/// (octet 8 is the reserved "u" octet), and where the zero suffix after it starts.
+const NAT64_POSITIONS: [([usize; 4], usize); 4] =
+    [([6, 7, 9, 10], 11), ([7, 9, 10, 11], 12), ([9, 10, 11, 12], 13), ([12, 13, 14, 15], 16)];
+
+/// The IPv4 addresses an address under `64:ff9b:1::/48` may carry. The length of the operator's
+/// translation prefix is not known here, so every RFC 6052 position counts whose reserved octet
+/// and suffix are zero as that format requires (the /96 one always): `64:ff9b:1::808:808` reads
+/// as 8.8.8.8 only, not also as 0.0.0.0.
+fn nat64_local_use(b: &[u8; 16]) -> Vec<Ipv4Addr> {
+    NAT64_POSITIONS
+        .iter()
+        .filter(|(_, suffix)| *suffix == 16 || (b[8] == 0 && b[*suffix..].iter().all(|x| *x == 0)))
+        .map(|(i, _)| Ipv4Addr::new(b[i[0]], b[i[1]], b[i[2]], b[i[3]]))
+        .collect()
+}
+
+/// The IPv4 addresses `ip` embeds, with the form; none for an IPv4 address or a plain IPv6 one.
+fn embedded_ipv4(ip: IpAddr) -> Vec<(Ipv4Addr, Embedding)> {
+    let IpAddr::V6(v6) = ip else { return Vec::new() };
+    let b = v6.octets();
+    let last = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
+    let segments = v6.segments();
+    match segments {
+        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => vec![(last, Embedding::Mapped)],
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 || lo > 1 => vec![(last, Embedding::Compatible)],
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => vec![(last, Embedding::Nat64)],
+        [0x64, 0xff9b, 1, ..] => nat64_local_use(&b).into_iter().map(|v| (v, Embedding::Nat64LocalUse)).collect(),
+        [0x2002, ..] => vec![(Ipv4Addr::new(b[2], b[3], b[4], b[5]), Embedding::SixToFour)],
+        _ => Vec::new(),
     }
 }
 
@@ -102,16 +157,28 @@ impl DenyList {
         Self { networks: DEFAULT_DENY_NETWORKS.iter().filter_map(|n| Network::parse(n).ok()).collect() }
     }
 
-    /// The entry that denies `ip`, if any.
+    /// The entry that denies `ip`, if any: `ip` as it is, then every IPv4 address it embeds
+    /// ([`Embedding`]), so an IPv6 spelling cannot slip past an IPv4 entry (and an entry such
+    /// as `2002::/16` still matches the IPv6 address itself).
     pub fn denies(&self, ip: IpAddr) -> Option<Network> {
-        self.networks.iter().copied().find(|n| n.contains(ip))
+        self.denial(ip).map(|(network, _)| network)
+    }
+
+    /// The entry that denies `ip` and, when it matched an embedded IPv4 address, that address.
+    fn denial(&self, ip: IpAddr) -> Option<(Network, Option<(Ipv4Addr, Embedding)>)> {
+        if let Some(network) = self.networks.iter().copied().find(|n| n.contains(ip)) {
+            return Some((network, None));
+        }
+        embedded_ipv4(ip).into_iter().find_map(|(v4, how)| {
+            self.networks.iter().copied().find(|n| n.contains(IpAddr::V4(v4))).map(|n| (n, Some((v4, how))))
+        })
     }
 
     /// Checks every address a host resolved to: one denied address refuses the host (a name
     /// that resolves to a metadata address among others is not one to trust).
     pub fn check(&self, host: &str, addrs: &[SocketAddr]) -> Result<(), DeniedAddress> {
-        match addrs.iter().find_map(|a| self.denies(a.ip()).map(|n| (a.ip(), n))) {
-            Some((ip, network)) => Err(DeniedAddress { host: host.to_owned(), ip, network }),
+        match addrs.iter().find_map(|a| self.denial(a.ip()).map(|d| (a.ip(), d))) {
+            Some((ip, (network, embedded))) => Err(DeniedAddress { host: host.to_owned(), ip, network, embedded }),
             None => Ok(()),
         }
     }
@@ -126,21 +193,22 @@ pub struct DeniedAddress {
     pub ip: IpAddr,
     /// The entry of the deny-list that matched.
     pub network: Network,
+    /// The IPv4 address `ip` embeds, and how, when that is what matched.
+    pub embedded: Option<(Ipv4Addr, Embedding)>,
 }
 
 impl fmt::Display for DeniedAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let literal = self.host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok();
-        if literal {
-            write!(f, "provider address {} is in the denied network {}", self.host, self.network)?;
-        } else {
-            write!(
-                f,
-                "provider host {} resolves to {}, which is in the denied network {}",
-                self.host, self.ip, self.network
-            )?;
+        match (literal, self.embedded) {
+            (true, None) => write!(f, "provider address {} is in", self.host)?,
+            (false, None) => write!(f, "provider host {} resolves to {}, which is in", self.host, self.ip)?,
+            (true, Some((v4, how))) => write!(f, "provider address {} embeds {v4} ({how}), which is in", self.host)?,
+            (false, Some((v4, how))) => {
+                write!(f, "provider host {} resolves to {}, which embeds {v4} ({how}), in", self.host, self.ip)?
+            }
         }
-        f.write_str(" (provider.deny_networks: tokend never calls these addresses)")
+        write!(f, " the denied network {} (provider.deny_networks: tokend never calls these addresses)", self.network)
     }
 }
 
@@ -205,6 +273,50 @@ mod tests {
             assert!(deny.denies(ip(allowed)).is_none(), "{allowed}");
         }
         assert_eq!(deny.denies(ip("169.254.169.254")).map(|n| n.to_string()).as_deref(), Some("169.254.0.0/16"));
+    }
+
+    /// IPv6 forms that embed an IPv4 address are checked as that address too (#14 item 10):
+    /// mapped, translated, compatible, NAT64 (both prefixes, each RFC 6052 position) and 6to4;
+    /// `::1`, `::` and plain IPv6 addresses are not read as IPv4.
+    #[test]
+    fn embedded_ipv4_forms() {
+        let deny = DenyList::default_list();
+        for (denied, how) in [
+            ("::ffff:169.254.169.254", Embedding::Mapped),
+            ("::ffff:0:a9fe:a9fe", Embedding::Mapped),
+            ("::169.254.169.254", Embedding::Compatible),
+            ("64:ff9b::a9fe:a9fe", Embedding::Nat64),
+            ("64:ff9b:1:a9fe:a9:fe00::", Embedding::Nat64LocalUse),
+            ("64:ff9b:1:a9:fe:a9fe::", Embedding::Nat64LocalUse),
+            ("64:ff9b:1:0:a9:fea9:fe00:0", Embedding::Nat64LocalUse),
+            ("64:ff9b:1::a9fe:a9fe", Embedding::Nat64LocalUse),
+            ("2002:a9fe:a9fe::1", Embedding::SixToFour),
+        ] {
+            let Some((network, Some((v4, found)))) = deny.denial(ip(denied)) else { panic!("{denied} not denied") };
+            assert_eq!(
+                (network.to_string(), v4.to_string(), found),
+                ("169.254.0.0/16".into(), "169.254.169.254".into(), how)
+            );
+        }
+        for allowed in [
+            "::1",
+            "2001:db8::a9fe:a9fe",
+            "2002:808:808::1",
+            "64:ff9b::808:808",
+            "64:ff9b:1::808:808",
+            "64:ff9b:2::a9fe:a9fe",
+        ] {
+            assert_eq!(deny.denies(ip(allowed)), None, "{allowed}");
+        }
+        assert!(deny.denies(ip("::")).is_some(), "the unspecified address stays denied as itself");
+        let six_to_four = DenyList::parse(&["2002::/16"]).unwrap();
+        assert!(six_to_four.denies(ip("2002:808:808::1")).is_some(), "an IPv6 entry still matches the address itself");
+        let err = deny.check("[64:ff9b::a9fe:a9fe]", &["[64:ff9b::a9fe:a9fe]:443".parse().unwrap()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "provider address [64:ff9b::a9fe:a9fe] embeds 169.254.169.254 (NAT64, 64:ff9b::/96), which is in the \
+             denied network 169.254.0.0/16 (provider.deny_networks: tokend never calls these addresses)"
+        );
     }
 
     /// Entries parse as networks or single hosts; bad ones are named.

@@ -9,7 +9,7 @@ fn tokend() -> Command {
 /// A bad configuration exits 78 with a message naming the key.
 #[test]
 fn bad_config_exits_78_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[refresh]\nbackoff_initial_secs = 0\n").unwrap();
     let out = tokend().arg("--config").arg(&file).arg("check-config").output().unwrap();
@@ -56,7 +56,7 @@ fn key_and_token_chores() {
 /// A second daemon on a data directory in use exits 75 (retry), without touching it.
 #[test]
 fn locked_data_dir_exits_75() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let mut first = tokend()
         .args(["--data-dir"])
         .arg(dir.path())
@@ -89,7 +89,7 @@ fn locked_data_dir_exits_75() {
 #[test]
 fn systemd_notify_and_sigterm() {
     use std::os::unix::net::UnixDatagram;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();

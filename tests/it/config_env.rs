@@ -36,7 +36,7 @@ fn check_config(data_dir: &Path, extra: &[(&str, &str)]) -> Output {
 /// tokend configuration: tokend starts in the same shell.
 #[test]
 fn tokenctl_environment_is_not_configuration() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let out = check_config(
         dir.path(),
         &[
@@ -53,7 +53,7 @@ fn tokenctl_environment_is_not_configuration() {
 /// Section variables and the documented top-level names are still configuration.
 #[test]
 fn configuration_variables_apply() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let out = check_config(
         dir.path(),
         &[("TOKEND_GRPC__LISTEN", "127.0.0.1:50999"), ("TOKEND_PRUNE_PROFILES", "true"), ("TOKEND_TOKEN", "x")],
@@ -71,7 +71,7 @@ fn configuration_variables_apply() {
 /// variable it came from.
 #[test]
 fn misspelled_configuration_variable_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let out = check_config(dir.path(), &[("TOKEND_GRPC__LISTNE", "127.0.0.1:1")]);
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     let message = stderr(&out);
@@ -81,7 +81,7 @@ fn misspelled_configuration_variable_is_an_error() {
 /// `tokend export --output F` refuses an existing file and leaves it as it was.
 #[test]
 fn export_refuses_an_existing_file() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let output = dir.path().join("backup.jsonl");
     std::fs::write(&output, "precious\n").unwrap();
     let out = tokend()
@@ -103,7 +103,7 @@ fn export_refuses_an_existing_file() {
 #[test]
 fn export_file_is_private() {
     use std::os::unix::fs::PermissionsExt as _;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let output = dir.path().join("backup.jsonl");
     let out = tokend()
         .arg("--data-dir")
@@ -149,7 +149,7 @@ fn serve_with_key(data_dir: &Path, key: &str) -> std::process::Child {
 /// one stops tokend at start (exit 65 naming it), and with a good one no key file is generated.
 #[test]
 fn tokend_key_from_the_environment_is_used() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let mut child = serve_with_key(&dir.path().join("bad"), "not a key");
     let status = exit_within(&mut child, 10).expect("a bad TOKEND_KEY must stop tokend at start");
     let mut message = String::new();

@@ -72,7 +72,7 @@ async fn start(config: &Path, http: u16) -> Tokend {
 
 /// Runs the kill loop; returns (profiles lost, kills).
 async fn kill_loop(provider: &FakeProvider, seed: u64) -> (usize, usize) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let (grpc, http) = (free_port(), free_port());
     let config = write_config(dir.path(), grpc, http);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{grpc}").parse().unwrap();

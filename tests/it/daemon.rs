@@ -433,7 +433,8 @@ async fn start_errors() {
     assert_eq!(err.exit_code(), 65);
     assert!(err.to_string().contains("missing"), "{err}");
     assert!(!key_file.exists(), "no key was generated over existing secrets");
-    std::fs::write(&key_file, format!("{}\n", tokend::crypto::generate_key_text().as_str())).expect("write");
+    let other_key = format!("{}\n", tokend::crypto::generate_key_text().as_str());
+    tokend::crypto::write_private_file(&key_file, other_key.as_bytes()).expect("write");
     let err = start_daemon(&config, None).await.expect_err("wrong key");
     assert_eq!(err.exit_code(), 65);
     assert!(err.to_string().contains("does not open"), "{err}");
@@ -620,7 +621,7 @@ async fn metrics_and_audit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_profiles() {
     let provider = FakeProvider::start().await;
-    let secrets = tempfile::tempdir().expect("dir");
+    let secrets = crate::support::private_tempdir().expect("dir");
     let secret_file = secrets.path().join("box-secret");
     std::fs::write(&secret_file, "test-secret\n").expect("secret");
     let declared = tokend::config::DeclaredProfile {
@@ -727,7 +728,7 @@ async fn export_import_round_trip() {
     let text = String::from_utf8(backup.clone()).expect("utf8");
     assert!(!text.contains(&token.access_token) && !text.contains("test-secret"), "secrets stay sealed");
 
-    let new_dir = tempfile::tempdir().expect("dir");
+    let new_dir = crate::support::private_tempdir().expect("dir");
     let mut restored = test_config(new_dir.path());
     restored.callers = config.callers.clone();
     tokend::daemon::backup::import(&restored, &mut backup.as_slice()).expect("import");

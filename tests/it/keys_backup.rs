@@ -17,7 +17,9 @@ fn usage(reply: &pb::RotateKeysResponse) -> HashMap<String, u64> {
 
 fn write_key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, format!("{}\n", tokend::crypto::generate_key_text().as_str())).unwrap();
+    // 0600, as tokend refuses a key file that group or others can read.
+    tokend::crypto::write_private_file(&path, format!("{}\n", tokend::crypto::generate_key_text().as_str()).as_bytes())
+        .unwrap();
     path
 }
 
@@ -137,7 +139,7 @@ async fn online_backup_restores_into_an_empty_directory() {
     assert!(!text.contains(&served.access_token), "secrets stay sealed in a backup");
 
     // Restore into an empty directory with the same key, start there: same profiles, same token.
-    let restored_dir = tempfile::tempdir().unwrap();
+    let restored_dir = crate::support::private_tempdir().unwrap();
     let mut config = support::test_config(restored_dir.path());
     config.keys.key_file = daemon.config.key_file();
     let count = tokend::daemon::backup::import(&config, &mut std::io::Cursor::new(backup)).expect("import");

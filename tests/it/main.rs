@@ -13,6 +13,7 @@ mod crash;
 mod daemon;
 mod fuzz_corpus;
 mod grants;
+mod hardening;
 mod interop;
 mod keys_backup;
 mod log_scan;

@@ -43,7 +43,7 @@ fn with_bearer(channel: Channel, token: &str) -> TokensApi {
 async fn tls_mtls_and_reload() {
     let provider = FakeProvider::start().await;
     let (server_ca, client_ca) = (Ca::new("server ca"), Ca::new("client ca"));
-    let certs = tempfile::tempdir().unwrap();
+    let certs = crate::support::private_tempdir().unwrap();
     write_server_files(certs.path(), &server_ca, &client_ca);
     let cert_dir = certs.path().to_path_buf();
     let daemon = TestDaemon::start_with(
@@ -149,7 +149,7 @@ async fn tls_mtls_and_reload() {
 async fn unix_socket_with_peer_uid() {
     use std::os::unix::fs::PermissionsExt as _;
     let provider = FakeProvider::start().await;
-    let sockets = tempfile::tempdir().unwrap();
+    let sockets = crate::support::private_tempdir().unwrap();
     let path = sockets.path().join("tokend.sock");
     let socket = path.clone();
     // Our effective uid, as the kernel reports it for peer credentials.

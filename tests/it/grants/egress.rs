@@ -57,7 +57,7 @@ async fn ca_bundle_trusts_an_on_premises_provider() {
 /// A bundle that is not a PEM certificate stops the daemon at start with the key's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_ca_bundle_is_a_configuration_error() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::private_tempdir().unwrap();
     let mut config = test_config(dir.path());
     let bundle = dir.path().join("bundle.pem");
     std::fs::write(&bundle, "not a certificate").unwrap();

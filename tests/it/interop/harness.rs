@@ -138,7 +138,7 @@ impl AuthServer {
              Run `npm ci` in {} (Node.js 20.18+ and npm), then rerun `cargo test --test it interop::`.",
             interop.display()
         );
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = crate::support::private_tempdir().expect("temp dir");
         let log = dir.path().join("oidc-provider.log");
         let node = std::env::var("NODE").unwrap_or_else(|_| "node".into());
         let mut child = Command::new(&node)
@@ -314,7 +314,7 @@ impl Tokend {
     /// Writes the configuration (an admin caller, a short refresh skew, quick backoff) and starts
     /// the daemon; returns once `/readyz` answers.
     pub async fn start() -> Tokend {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = crate::support::private_tempdir().expect("temp dir");
         let config = dir.path().join("tokend.toml");
         let log = dir.path().join("tokend.log");
         let text = format!(

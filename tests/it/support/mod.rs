@@ -41,6 +41,13 @@ pub struct TestDaemon {
     runtime: Option<tokio::runtime::Id>,
 }
 
+/// A temporary directory only its owner can enter (0700), as tokend wants its data directory
+/// (tempfile's default follows the umask, usually 0755, which tokend refuses).
+pub fn private_tempdir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt as _;
+    tempfile::Builder::new().permissions(std::fs::Permissions::from_mode(0o700)).tempdir()
+}
+
 /// The test configuration: temp data dir, port 0, three callers.
 pub fn test_config(dir: &std::path::Path) -> Config {
     let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
@@ -70,7 +77,7 @@ impl TestDaemon {
 
     /// Starts a daemon with a config tweak and, optionally, a manual clock.
     pub async fn start_with(tweak: impl FnOnce(&mut Config), clock: Option<ManualClock>) -> TestDaemon {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = crate::support::private_tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         tweak(&mut config);
         let daemon = start_daemon(&config, clock.clone()).await.expect("daemon starts");

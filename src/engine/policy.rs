@@ -184,24 +184,31 @@ fn human(ms: i64) -> String {
     }
 }
 
+/// The policy the unit tests use: the daemon's defaults, spelled out so the tests' expected
+/// times can be checked by hand.
+#[cfg(test)]
+pub(crate) fn test_policy() -> RefreshPolicy {
+    RefreshPolicy {
+        skew_ratio: 0.2,
+        skew_floor: Duration::from_secs(120),
+        jitter_ratio: 0.1,
+        default_lifetime: Duration::from_secs(3600),
+        min_valid_for: Duration::from_secs(60),
+        backoff_initial: Duration::from_secs(5),
+        backoff_max: Duration::from_secs(300),
+        on_demand: false,
+        max_idle: None,
+        refresh_token_warning: Duration::from_secs(7 * 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn policy() -> RefreshPolicy {
-        RefreshPolicy {
-            skew_ratio: 0.2,
-            skew_floor: Duration::from_secs(120),
-            jitter_ratio: 0.1,
-            default_lifetime: Duration::from_secs(3600),
-            min_valid_for: Duration::from_secs(60),
-            backoff_initial: Duration::from_secs(5),
-            backoff_max: Duration::from_secs(300),
-            on_demand: false,
-            max_idle: None,
-            refresh_token_warning: Duration::from_secs(7 * 86_400),
-        }
+        test_policy()
     }
 
     const DAY: i64 = 86_400_000;

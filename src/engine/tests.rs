@@ -116,27 +116,12 @@ impl Store for GatedStore {
 const FIRST_KEY: [u8; 32] = [7; 32];
 const SECOND_KEY: [u8; 32] = [9; 32];
 
-fn policy() -> RefreshPolicy {
-    RefreshPolicy {
-        skew_ratio: 0.2,
-        skew_floor: Duration::from_secs(120),
-        jitter_ratio: 0.1,
-        default_lifetime: Duration::from_secs(3600),
-        min_valid_for: Duration::from_secs(60),
-        backoff_initial: Duration::from_secs(5),
-        backoff_max: Duration::from_secs(300),
-        on_demand: false,
-        max_idle: None,
-        refresh_token_warning: Duration::from_secs(7 * 86_400),
-    }
-}
-
 /// An engine over `store` with one profile, "p", created (not connected).
 fn engine_with_profile(store: Arc<dyn Store>) -> (Arc<Engine>, ProfileRecord) {
     let settings = EngineSettings {
         callback_url: "http://127.0.0.1:1/oauth/callback".into(),
         allow_insecure_http: true,
-        refresh: policy(),
+        refresh: policy::test_policy(),
         max_concurrent_refreshes: 4,
         soft_timeout: Duration::from_secs(5),
         provider_rate: 100.0,

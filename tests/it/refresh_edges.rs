@@ -23,18 +23,6 @@ fn token_request(name: &str, min_valid_secs: i64) -> pb::GetAccessTokenRequest {
     }
 }
 
-/// Polls `check` (waking the scheduler each time) up to `rounds` times, 20 ms apart.
-async fn settle(daemon: &TestDaemon, rounds: usize, mut check: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..rounds {
-        daemon.daemon().engine().wake_scheduler();
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check().await
-}
-
 /// Item 1: a connection the provider gave no refresh token (Microsoft without `offline_access`,
 /// GitHub OAuth apps) schedules no refresh (the timer used to re-sweep it every 50 ms, forever);
 /// its profile warns that a new consent will be needed, and reads NEEDS_REAUTHORIZATION once the
@@ -62,7 +50,7 @@ async fn item1_no_refresh_token_means_no_refresh_loop() {
     assert_eq!(get(&mut apps, "no-offline").await.status, pb::Status::Connected as i32);
 
     clock.set_ms(expires_ms + 1_000);
-    let expired = settle(&daemon, 50, async || {
+    let expired = settle_async(&daemon, 50, async || {
         get(&mut apps, "no-offline").await.status == pb::Status::NeedsReauthorization as i32
     })
     .await;
@@ -131,9 +119,10 @@ async fn item5_invalid_client_keeps_the_refresh_token() {
     apps.update_profile(pb::UpdateProfileRequest { profile: Some(update), update_mask: Some(mask) })
         .await
         .expect("update the client secret");
-    let resumed =
-        settle(&daemon, 100, async || get(&mut apps, "rotated-secret").await.status == pb::Status::Connected as i32)
-            .await;
+    let resumed = settle_async(&daemon, 100, async || {
+        get(&mut apps, "rotated-secret").await.status == pb::Status::Connected as i32
+    })
+    .await;
     assert!(resumed, "refreshing resumed without a new consent: {:?}", get(&mut apps, "rotated-secret").await);
     assert_eq!(provider.reuse_events(), 0);
     daemon.stop().await;
@@ -189,7 +178,8 @@ async fn item8_consent_survives_a_caller_that_gives_up() {
     let err = apps.complete_connect(request).await.expect_err("the caller gave up");
     assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
     let connected =
-        settle(&daemon, 150, async || get(&mut apps, "patient").await.status == pb::Status::Connected as i32).await;
+        settle_async(&daemon, 150, async || get(&mut apps, "patient").await.status == pb::Status::Connected as i32)
+            .await;
     assert!(connected, "the exchange finished and was stored: {:?}", get(&mut apps, "patient").await);
     let mut tokens = daemon.tokens(ADMIN).await;
     let token = tokens.get_access_token(token_request("patient", 60)).await.expect("token").into_inner();

@@ -2,8 +2,6 @@
 //! Google's 7-day "Testing" apps, and on-demand refresh (none ahead of need, but before the
 //! refresh token's idle limit).
 
-use std::time::Duration;
-
 use tokend::api::pb;
 use tokend::clock::ManualClock;
 use tonic::Code;
@@ -93,18 +91,6 @@ async fn google_testing_app_hint() {
     assert!(weekly.last_error.contains("\"Testing\" publishing status"), "{}", weekly.last_error);
     assert!(weekly.last_error.contains("7 d 1 h after the consent"), "{}", weekly.last_error);
     daemon.stop().await;
-}
-
-/// Polls `check` (waking the scheduler each time) `rounds` times, 20 ms apart.
-async fn settle(daemon: &TestDaemon, rounds: usize, check: impl Fn() -> bool) -> bool {
-    for _ in 0..rounds {
-        daemon.daemon().engine().wake_scheduler();
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check()
 }
 
 /// On demand: an expired token is not refreshed by the engine, only when a caller needs it; a

@@ -213,3 +213,21 @@ pub async fn create_and_connect(apps: &mut AppsClient, name: &str, provider: &Fa
     assert_eq!(page.status().as_u16(), 200, "callback page: {:?}", page.text().await);
     apps.get_profile(pb::GetProfileRequest { name: name.into() }).await.expect("get").into_inner()
 }
+
+/// Polls `check` (waking the scheduler each time) up to `rounds` times, 20 ms apart; whether it
+/// came true. For states the engine reaches on its own once time has moved.
+pub async fn settle(daemon: &TestDaemon, rounds: usize, check: impl Fn() -> bool) -> bool {
+    settle_async(daemon, rounds, async || check()).await
+}
+
+/// [`settle`] for a check that calls the daemon.
+pub async fn settle_async(daemon: &TestDaemon, rounds: usize, mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..rounds {
+        daemon.daemon().engine().wake_scheduler();
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    check().await
+}

@@ -70,13 +70,15 @@ fn main() {
 // 1. Single flight
 
 /// `callers` concurrent `GetAccessToken` calls (over 10 connections) on a profile whose 30 s
-/// token is too old for `min_valid_for` 60 s; the provider now issues one-hour tokens, so one
-/// refresh satisfies everyone.
+/// token is 20 s old, too old for `min_valid_for` 60 s (which counts at most half the token's
+/// lifetime, 15 s); the provider now issues one-hour tokens, so one refresh satisfies everyone.
 async fn single_flight(callers: usize) {
     let provider = fake_provider::FakeProvider::start().await;
     provider.set_access_token_lifetime(30);
     let dir = tempfile::tempdir().expect("temp dir");
-    let daemon = Daemon::start(support::bench_config(dir.path()), StartOptions::default()).await.expect("daemon");
+    let clock = tokend::clock::ManualClock::new(tokend::clock::SystemClock.now_ms());
+    let options = StartOptions { clock: Arc::new(clock.clone()), ..StartOptions::default() };
+    let daemon = Daemon::start(support::bench_config(dir.path()), options).await.expect("daemon");
     let endpoints = support::ProviderEndpoints {
         authorization: provider.authorization_endpoint(),
         token: provider.token_endpoint(),
@@ -84,6 +86,7 @@ async fn single_flight(callers: usize) {
     };
     let mut apps = support::apps_client(daemon.grpc_addr, ADMIN).await;
     support::create_and_connect(&mut apps, "mail-single", &endpoints).await;
+    clock.advance_ms(20_000);
     provider.set_access_token_lifetime(3600);
     let refreshes_before = provider.refresh_requests();
     let mut clients = Vec::new();

@@ -73,7 +73,9 @@ impl Args {
 pub fn bench_config(dir: &Path) -> Config {
     // tokend refuses a data directory that group or others can enter; temp dirs follow the umask.
     use std::os::unix::fs::PermissionsExt as _;
-    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+    let private = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)));
+    if let Err(e) = private {
         eprintln!("making {} private: {e}", dir.display());
     }
     let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };

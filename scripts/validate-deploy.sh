@@ -101,7 +101,7 @@ PY=$VENV/bin/python
 # --all-targets: the feature set `cargo test` uses, so the test suite reuses this build.
 echo "building tokend (cargo build -q --locked --all-targets)"
 cargo build -q --locked --all-targets || { echo "validate-deploy: FAILED: cannot build tokend (checks need it)" >&2; exit 1; }
-TOKEND=$ROOT/target/debug/tokend
+TOKEND=${CARGO_TARGET_DIR:-$ROOT/target}/debug/tokend
 
 # tokend with no TOKEND_* variables from the caller's environment, plus the given ones.
 tokend_clean() {
@@ -543,7 +543,7 @@ for f in kept:
 tops = sorted({f.split("/")[0] for f in kept})
 print(f"build context: {len(kept)} files: {' '.join(tops)}")
 PY
-    (cd "$ctx" && CARGO_TARGET_DIR=$ROOT/target cargo check -q --locked --offline --bin tokend --bin tokenctl)
+    (cd "$ctx" && CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target} cargo check -q --locked --offline --bin tokend --bin tokenctl)
     echo "cargo check --locked --bin tokend --bin tokenctl passes on the build context alone"
 }
 

@@ -2,6 +2,11 @@
 //! then the TOML file, then `TOKEND_*` environment variables (`__` separates sections, e.g.
 //! `TOKEND_GRPC__LISTEN`; see [`env`](mod@env) for which variables are configuration), then command-line
 //! flags. Validated once at start with messages that name the key.
+//!
+//! Longer than our modules usually are (about 540 lines before its tests): it is the one place
+//! every configuration key is declared, each section's struct with its defaults beside it, so a
+//! reader checks a key's type, default and meaning in one spot; the parsing of enumerated values,
+//! the environment rules, the errors and the validation live in `config/`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

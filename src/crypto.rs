@@ -349,7 +349,7 @@ mod tests {
         /// secret held"): any value, owner and purpose seals to something that opens again.
         /// Failure is an error (`CryptoError::Seal`) that stops the write.
         #[test]
-        fn sealing_never_yields_an_empty_value(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048), owner in "[a-z0-9._-]{0,63}") {
+        fn item10_sealing_never_yields_an_empty_value(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048), owner in "[a-z0-9._-]{0,63}") {
             let ring = ring();
             let sealed = ring.seal(Purpose::AccessToken, &owner, &value).unwrap();
             proptest::prop_assert!(sealed.len() > HEADER_LEN);

@@ -174,7 +174,7 @@ fn served(engine: &Engine) -> Option<String> {
 /// record when the flush ends. Before the fix the cache served the disconnected profile's new
 /// token until it expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cache_never_moves_backwards() {
+async fn item3_cache_never_moves_backwards() {
     let (store, gate) = GatedStore::new();
     let (engine, profile) = engine_with_profile(store);
     let connected = connect(&engine, &profile, "a1", Some("r1")).await;
@@ -215,7 +215,7 @@ async fn cache_never_moves_backwards() {
 /// reply has no refresh token must not keep the previous grant's refresh token (which would
 /// refresh into the old account).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_consent_replaces_the_whole_token_set() {
+async fn item4_a_new_consent_replaces_the_whole_token_set() {
     let (store, _gate) = GatedStore::new();
     let (engine, profile) = engine_with_profile(store);
     connect(&engine, &profile, "old-account-access", Some("old-account-refresh")).await;
@@ -236,7 +236,7 @@ async fn a_new_consent_replaces_the_whole_token_set() {
 /// refresh that read the record before the rotation cannot write back a value sealed under the
 /// old key (which would stop opening once that key is dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reseal_wins_over_a_refresh_that_read_before_it() {
+async fn item9_reseal_wins_over_a_refresh_that_read_before_it() {
     let (store, _gate) = GatedStore::new();
     let (engine, profile) = engine_with_profile(Arc::clone(&store) as Arc<dyn Store>);
     let read_by_refresh = connect(&engine, &profile, "a1", Some("r1")).await;

@@ -78,20 +78,18 @@ fn misspelled_configuration_variable_is_an_error() {
     assert!(message.contains("grpc.listne") && message.contains("TOKEND_GRPC__LISTNE"), "{message}");
 }
 
+/// `tokend export --output <output>` of a fresh data directory under `dir`.
+fn export_to(dir: &Path, output: &Path) -> Output {
+    tokend().arg("--data-dir").arg(dir.join("data")).arg("export").arg("--output").arg(output).output().unwrap()
+}
+
 /// `tokend export --output F` refuses an existing file and leaves it as it was.
 #[test]
 fn export_refuses_an_existing_file() {
     let dir = crate::support::private_tempdir().unwrap();
     let output = dir.path().join("backup.jsonl");
     std::fs::write(&output, "precious\n").unwrap();
-    let out = tokend()
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("export")
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
+    let out = export_to(dir.path(), &output);
     assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "precious\n");
@@ -105,14 +103,7 @@ fn export_file_is_private() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = crate::support::private_tempdir().unwrap();
     let output = dir.path().join("backup.jsonl");
-    let out = tokend()
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("export")
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
+    let out = export_to(dir.path(), &output);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let mode = std::fs::metadata(&output).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "mode {mode:o}");

@@ -24,3 +24,4 @@ mod security;
 mod security_rules;
 mod support;
 mod tokenctl;
+mod web;

@@ -116,9 +116,7 @@ async fn callback(
     let error = query.error.map(|e| (e, query.error_description.unwrap_or_default()));
     let code = query.code.map(secrecy::SecretString::from);
     let mut reply = match state.admin.complete_consent(&consent_state, code, error).await {
-        Ok(name) if from_page => {
-            axum::response::Redirect::to(&format!("/?notice=connected&name={name}")).into_response()
-        }
+        Ok(name) if from_page => back_to_page(&name),
         Ok(name) => {
             page(StatusCode::OK, "Connected", &format!("Profile {name} is connected. You can close this window."))
         }
@@ -128,6 +126,23 @@ async fn callback(
         reply.headers_mut().append(header::SET_COOKIE, clear);
     }
     reply
+}
+
+/// The way back to the landing page after a consent started there: a page that moves on by
+/// itself (a meta refresh, not a redirect). The browser arrives here from the provider, a
+/// cross-site navigation, and a redirect would carry on as one, without the `SameSite=Strict`
+/// session cookie; a navigation this page starts is same-site, so the session comes along.
+/// (`name` is a validated profile name: no escaping needed.)
+fn back_to_page(name: &str) -> Response {
+    let target = format!("/?notice=connected&amp;name={name}");
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tokend: Connected</title>\
+         <meta http-equiv=\"refresh\" content=\"0; url={target}\"><link rel=\"stylesheet\" href=\"{css}\">\
+         </head><body><main><h1>Connected</h1><p>Profile {name} is connected. \
+         <a href=\"{target}\">Back to Connected apps</a></p></main></body></html>",
+        css = crate::web::STYLE_PATH.as_str(),
+    );
+    (StatusCode::OK, Html(html)).into_response()
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {

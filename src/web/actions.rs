@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::auth::Signed;
 use super::form::ProfileForm;
 use super::pages::{form_page, layout, profile_page, sign_in_page};
+use super::views::Leaving;
 use super::{PeerAddr, Web, WebError, csrf};
 use crate::access::{FailureOutcome, PeerKey, Role, audit, hash_token};
 use crate::admin::{AdminError, Revocation};
@@ -199,8 +200,9 @@ pub async fn delete(
     audited(&signed, "DeleteProfile", &name, result.map_err(WebError::from))
 }
 
-/// `POST /profiles/{name}/connect`: an authorization-code profile sends the browser to the
-/// provider (marking the consent as started here, so the callback brings it back); a device
+/// `POST /profiles/{name}/connect`: an authorization-code profile sends the browser on to the
+/// provider ([`Leaving`]; marking the consent as started here, so the callback brings it
+/// back); a device
 /// grant shows the link and the code; client credentials connect at once.
 pub async fn connect(
     State(web): State<Web>,
@@ -213,7 +215,12 @@ pub async fn connect(
         Err(e) => Err(e.into()),
         Ok(start) if !start.authorization_url.is_empty() => {
             let cookie = super::routes::consent_cookie(&start.state, web.inner.consent_ttl_secs, web.inner.tls);
-            Ok(with_cookie(Redirect::to(&start.authorization_url), &cookie))
+            let page = Leaving {
+                layout: layout(&signed, "Continue to the provider", String::new()),
+                name: name.clone(),
+                url: start.authorization_url,
+            };
+            page.render().map(|html| with_cookie(Html(html), &cookie)).map_err(WebError::from)
         }
         Ok(start) => match start.device {
             Some(device) => match web.admin().get_profile(&name) {

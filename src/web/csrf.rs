@@ -7,15 +7,19 @@ use axum::http::{HeaderMap, header};
 use subtle::ConstantTimeEq as _;
 
 /// Whether the request comes from a page of this listener's own origin: `Origin` equals
-/// `<scheme>://<Host>`, or, without `Origin`, `Sec-Fetch-Site` says `same-origin`. A request
-/// with neither is refused (browsers send one of them on every form POST).
+/// `<scheme>://<Host>`, or, without `Origin` (or with `Origin: null`), `Sec-Fetch-Site` says
+/// `same-origin`. A request with neither is refused (browsers send one of them on every form
+/// POST).
 pub fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
     let scheme = if tls { "https" } else { "http" };
+    let fetch_site_same = || headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"same-origin");
     match headers.get(header::ORIGIN).map(|o| o.to_str()) {
+        // Browsers send `Origin: null` on a form POST from a page whose referrer policy is
+        // `no-referrer` (ours): then `Sec-Fetch-Site` is the evidence.
+        Some(Ok("null")) | None => fetch_site_same(),
         Some(Ok(origin)) => origin.eq_ignore_ascii_case(&format!("{scheme}://{host}")),
         Some(Err(_)) => false,
-        None => headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"same-origin"),
     }
 }
 
@@ -44,6 +48,8 @@ mod tests {
         assert!(!same_origin(&ok, true), "https expected under TLS");
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:8085"), ("origin", "http://evil.example")]), false));
         assert!(!same_origin(&headers(&[("host", "127.0.0.1:8085"), ("origin", "null")]), false));
+        let null_same = headers(&[("host", "h"), ("origin", "null"), ("sec-fetch-site", "same-origin")]);
+        assert!(same_origin(&null_same, false), "no-referrer pages post Origin: null");
         assert!(same_origin(&headers(&[("host", "h"), ("sec-fetch-site", "same-origin")]), false));
         assert!(!same_origin(&headers(&[("host", "h"), ("sec-fetch-site", "cross-site")]), false));
         assert!(!same_origin(&headers(&[("host", "h")]), false));

@@ -284,6 +284,20 @@ impl Form {
     }
 }
 
+/// The way to the provider after Connect: a page that moves on by itself (a meta refresh).
+/// A redirect answering the form would be refused by the browser: `form-action 'self'` covers
+/// the redirects of a form submission, and the provider is another origin.
+#[derive(Template)]
+#[template(path = "leaving.html")]
+pub struct Leaving {
+    /// The frame.
+    pub layout: Layout,
+    /// The profile.
+    pub name: String,
+    /// The authorization URL.
+    pub url: String,
+}
+
 /// An error page.
 #[derive(Template)]
 #[template(path = "error.html")]

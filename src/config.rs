@@ -610,6 +610,22 @@ mod tests {
         assert!(matches!(err, ConfigError::UnknownKey { .. }) && key == "grpc.listne", "{err}");
     }
 
+    /// The landing page's keys are checked and named: session expiries in order, TLS parts
+    /// together, no client CA on the HTTP listener.
+    #[test]
+    fn http_page_keys() {
+        let (key, _) = rejected_key("[http.session]\nidle_timeout_secs = 0\n");
+        assert_eq!(key, "http.session.idle_timeout_secs");
+        let (key, _) = rejected_key("[http.session]\nidle_timeout_secs = 100\nabsolute_timeout_secs = 50\n");
+        assert_eq!(key, "http.session.absolute_timeout_secs");
+        let (key, _) = rejected_key("[http.tls]\ncert_file = \"c.pem\"\n");
+        assert_eq!(key, "http.tls.key_file");
+        let (key, _) = rejected_key("[http.tls]\nclient_ca_file = \"ca.pem\"\n");
+        assert_eq!(key, "http.tls.client_ca_file");
+        let config = Config::from_toml_str("[http.session]\nidle_timeout_secs = 90\n").unwrap();
+        assert_eq!(config.http.session.idle_timeout_secs, 90);
+    }
+
     /// Keys inside lists read as in the README (`callers[2].unix_uid`).
     #[test]
     fn list_keys_carry_the_index() {

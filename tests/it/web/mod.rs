@@ -5,6 +5,7 @@
 //! no secret in any page. The browser tests are in `web_browser`.
 
 mod forms;
+mod grants;
 mod sessions;
 
 use std::net::SocketAddr;

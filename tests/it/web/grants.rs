@@ -49,8 +49,8 @@ async fn device_and_client_credentials_grants() {
     daemon.stop().await;
 }
 
-/// Over `http.tls` the page is served by TLS, its session cookie is `Secure`, and POSTs must
-/// come from the `https` origin.
+/// Over `http.tls` the page is served by TLS, its session cookie is `Secure`, POSTs must come
+/// from the `https` origin, and a reload (SIGHUP) swaps the certificate.
 #[tokio::test]
 async fn page_over_tls() {
     install_crypto_provider();
@@ -86,6 +86,20 @@ async fn page_over_tls() {
     let cookie = reply.headers()["set-cookie"].to_str().unwrap();
     assert!(cookie.contains("; Secure"), "{cookie}");
     assert!(client.get(format!("{base}/healthz")).send().await.unwrap().status().is_success());
+
+    // SIGHUP: a certificate from another CA is served to new connections.
+    let other = Ca::new("renewed CA");
+    let (cert2, key2) = other.write_issued(dir.path(), "http2", &["127.0.0.1"]);
+    let mut config = daemon.config.clone();
+    config.http.tls.cert_file = cert2;
+    config.http.tls.key_file = key2;
+    daemon.daemon().reload_handle().reload(&config).await.expect("reload");
+    let renewed = oauth2::reqwest::Client::builder()
+        .add_root_certificate(oauth2::reqwest::Certificate::from_pem(other.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let reply = renewed.get(format!("{base}/healthz")).send().await.expect("the renewed certificate");
+    assert!(reply.status().is_success());
     daemon.stop().await;
 }
 

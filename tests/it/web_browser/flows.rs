@@ -141,7 +141,7 @@ async fn admin_journey_in_chromium() {
 
 /// A viewer sees the page without buttons, and the server refuses the POSTs a viewer forges
 /// from the page; an admin's POST without the CSRF token is refused too; a profile created
-/// through gRPC appears on an open page without a reload.
+/// through gRPC appears on an open page without a reload; 360 px wide shows cards.
 #[tokio::test]
 async fn viewer_read_only_and_live_updates_in_chromium() {
     let provider = FakeProvider::start().await;
@@ -174,6 +174,12 @@ async fn viewer_read_only_and_live_updates_in_chromium() {
         .await
         .unwrap();
     browser.wait("//tr[@data-profile='made-by-grpc']").await;
+    // 360 px wide: cards, whatever the toggle says; 1,920 px: the table.
+    browser.client.set_window_size(360, 800).await.expect("narrow window");
+    let card = browser.wait("//li[@data-profile='made-by-grpc']").await;
+    assert!(card.is_displayed().await.unwrap(), "cards at 360 px");
+    browser.client.set_window_size(1920, 1000).await.expect("wide window");
+    assert!(browser.wait("//table[@id='apps-table']").await.is_displayed().await.unwrap(), "the table at 1,920 px");
     browser.close().await;
     daemon.stop().await;
 }

@@ -20,6 +20,7 @@ mod policy;
 mod ratelimit;
 mod refresh;
 mod scheduler;
+mod watch;
 mod write;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use handout::Handout;
 pub use metrics::{EngineMetrics, EngineSnapshot, OutcomeLabel, TransitionLabel, status_label};
 pub use policy::RefreshPolicy;
 pub use scheduler::{Chore, Scheduler, SchedulerError};
+pub use watch::{MissedEvents, TokenUpdate};
 pub use write::TokenWriteExtras;
 
 use crate::api::pb;
@@ -42,6 +44,9 @@ use crate::crypto::{KeyRing, Purpose};
 use crate::provider::{Provider, ProviderSettings};
 use crate::store::{ConnectionRecord, ProfileRecord, Store};
 use cache::TokenCache;
+
+/// Profile changes a watcher may fall behind by before it misses some ([`MissedEvents`]).
+const EVENT_CAPACITY: usize = 1024;
 
 /// A change to a profile, published to `WatchProfiles` and `WatchAccessToken` streams.
 #[derive(Debug, Clone)]
@@ -127,7 +132,7 @@ impl Engine {
         jitter: Arc<dyn Jitter>,
         settings: EngineSettings,
     ) -> Arc<Self> {
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let permits = settings.max_concurrent_refreshes.max(1);
         Arc::new(Self {
             flushes: group_flush::GroupFlush::new(Arc::clone(&store)),

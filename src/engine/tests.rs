@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use secrecy::SecretString;
+use tokio_stream::StreamExt as _;
 use zeroize::Zeroizing;
 
 use super::*;
@@ -391,4 +392,64 @@ async fn seeded_interleavings_keep_everything_in_agreement() {
             assert_agreement(&engine, &context);
         }
     }
+}
+
+/// More events than the broadcast channel holds, for profile "other": a watcher not polled
+/// meanwhile falls behind.
+fn flood_other_profile(engine: &Engine) {
+    for _ in 0..super::EVENT_CAPACITY + 10 {
+        engine.publish("other", Kind::Updated, pb::Status::Connected, pb::Status::Connected);
+    }
+}
+
+/// Regression: a `WatchAccessToken` stream that fell behind the change channel (a refresh of
+/// its profile among the events it missed) must still get the new token. Before the fix the
+/// gap was skipped silently, and the watcher kept the old token until the next refresh — an
+/// hour later, long after it expired.
+#[tokio::test]
+async fn token_watcher_that_fell_behind_still_gets_the_new_token() {
+    let (store, _gate) = GatedStore::new();
+    let (engine, profile) = engine_with_profile(store);
+    let connected = connect(&engine, &profile, "a1", Some("r1")).await;
+    let updates = engine.token_updates("p".into(), 1, engine.subscribe());
+    tokio::pin!(updates);
+    // A refresh, then a flood of other events, before the watcher is polled at all.
+    let extras = TokenWriteExtras::default();
+    engine.store_tokens(&profile, connected, tokens("a2", Some("r2")), extras, Kind::Refreshed).await.unwrap();
+    flood_other_profile(&engine);
+    let next = tokio::time::timeout(Duration::from_secs(2), updates.next()).await;
+    match next {
+        Ok(Some(TokenUpdate::Token(token))) => assert_eq!(token.token_version, 2),
+        other => panic!("the watcher missed the refresh: {other:?}"),
+    }
+}
+
+/// A token watcher is told once when its profile is deleted, also when the deletion fell in a
+/// gap it missed.
+#[tokio::test]
+async fn token_watcher_that_fell_behind_learns_of_a_deletion() {
+    let (store, _gate) = GatedStore::new();
+    let (engine, profile) = engine_with_profile(store);
+    connect(&engine, &profile, "a1", Some("r1")).await;
+    let updates = engine.token_updates("p".into(), 1, engine.subscribe());
+    tokio::pin!(updates);
+    // As administration deletes: from the store, then from the cache and to watchers.
+    engine.store().remove_profile("p").unwrap();
+    engine.deleted("p", pb::Status::Connected);
+    flood_other_profile(&engine);
+    let next = tokio::time::timeout(Duration::from_secs(2), updates.next()).await;
+    assert!(matches!(next, Ok(Some(TokenUpdate::Deleted))), "{next:?}");
+}
+
+/// A watcher of every change is told how many events it missed, not left with a silently
+/// incomplete picture (before: the gap was skipped).
+#[tokio::test]
+async fn change_watcher_that_fell_behind_is_told() {
+    let (store, _gate) = GatedStore::new();
+    let (engine, _profile) = engine_with_profile(store);
+    let changes = Engine::changes(engine.subscribe());
+    tokio::pin!(changes);
+    flood_other_profile(&engine);
+    let first = changes.next().await;
+    assert!(matches!(first, Some(Err(MissedEvents(n))) if n > 0), "{first:?}");
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -14,6 +13,7 @@ use super::status::to_status;
 use crate::admin::{Admin, ConnectStart, Revocation};
 use crate::api::pb;
 use crate::api::pb::connected_apps_server::ConnectedApps;
+use crate::engine::Engine;
 use crate::profile::timestamp;
 
 /// The service implementation over profile administration.
@@ -256,7 +256,7 @@ impl ConnectedApps for ConnectedAppsService {
         let request = request.into_inner();
         let names: std::collections::HashSet<String> = request.names.into_iter().collect();
         // Subscribe before reading the initial state, so no change falls in between.
-        let changes = BroadcastStream::new(self.admin.engine().subscribe());
+        let changes = Engine::changes(self.admin.engine().subscribe());
         let mut initial = Vec::new();
         if request.send_initial {
             let (profiles, _) = self.admin.list_profiles(1000, "").map_err(to_status)?;
@@ -272,7 +272,12 @@ impl ConnectedApps for ConnectedAppsService {
         }
         let admin = Arc::clone(&self.admin);
         let events = changes.filter_map(move |change| {
-            let change = change.ok()?;
+            // A watcher that fell behind cannot know what it missed: it ends, and watches again
+            // with `send_initial` for the current picture.
+            let change = match change {
+                Ok(change) => change,
+                Err(missed) => return Some(Err(Status::aborted(format!("{missed}; watch again with send_initial")))),
+            };
             if !names.is_empty() && !names.contains(&change.name) {
                 return None;
             }

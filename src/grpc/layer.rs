@@ -23,7 +23,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 use tower_layer::Layer;
 
-use super::auth::{Callers, identify, peer_uid, remote_addr};
+use super::auth::{Authenticated, Callers, identify, peer_uid, remote_addr};
 use crate::access::{FailureOutcome, PeerKey, PeerLimiter};
 use crate::metrics::{GrpcMetrics, MethodMetrics, UNKNOWN_METHOD};
 
@@ -122,8 +122,7 @@ impl<S> RequestService<S> {
         }
         match identify(&self.shared.callers, request.headers(), request.extensions()) {
             Ok((caller, credential)) => {
-                request.extensions_mut().insert(caller);
-                request.extensions_mut().insert(credential);
+                request.extensions_mut().insert(Authenticated { caller, credential });
                 Ok(())
             }
             Err(status) => {

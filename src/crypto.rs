@@ -73,6 +73,9 @@ pub enum Purpose {
     PkceVerifier,
     /// The store's key canary.
     Canary,
+    /// A landing-page session cookie: sealed so any replica holding the key can read it, and
+    /// no browser can forge or read one.
+    Session,
 }
 
 impl Purpose {
@@ -83,6 +86,7 @@ impl Purpose {
             Self::RefreshToken => "refresh_token",
             Self::PkceVerifier => "pkce_verifier",
             Self::Canary => "canary",
+            Self::Session => "session",
         }
     }
 }

@@ -16,10 +16,13 @@
 //! - [`clock`]: time and jitter as parameters, so tests drive expiry without sleeping.
 //! - [`grpc`]: the gRPC services (one file each), the request layer (authentication, metrics,
 //!   failed-authentication limit), TLS, and the one table from errors to status codes.
-//! - [`http`]: the HTTP listener: OAuth callback, health, readiness, metrics.
+//! - [`http`]: the HTTP listener: the landing page, OAuth callback, health, readiness, metrics.
+//! - [`web`]: the Connected apps landing page: sessions in sealed cookies, CSRF, askama
+//!   templates, embedded assets, live updates; a view over the same operations as [`grpc`].
 //! - [`metrics`]: the Prometheus registry; gauges set from an engine snapshot at scrape time.
-//! - [`access`]: callers, roles and the audit trail (admin actions one by one, token hand-outs
-//!   tallied and written every few seconds), shared by every surface.
+//! - [`access`]: callers, roles, the failed-authentication limit and the audit trail (admin
+//!   actions one by one, token hand-outs tallied and written every few seconds), shared by every
+//!   surface.
 //! - [`config`]: the typed configuration and its layered sources (defaults, file, env, flags).
 //! - [`declared`]: profiles declared in the configuration file, reconciled at start and on SIGHUP.
 //! - [`daemon`]: start-up in named steps (storage, TLS, listeners, engine, serving), shutdown,
@@ -46,3 +49,4 @@ pub mod profile;
 pub mod provider;
 pub mod store;
 pub mod telemetry;
+pub mod web;

@@ -2,7 +2,7 @@
 //! CIDR syntax. (Settings with a fixed set of values are enums that serde checks; see
 //! [`super::choices`].) Each failure is a [`ConfigError::Rejected`] naming the key.
 
-use super::{Config, ConfigError, GrpcConfig, RefreshConfig};
+use super::{Config, ConfigError, GrpcConfig, HttpConfig, RefreshConfig};
 
 type Checked = Result<(), ConfigError>;
 
@@ -35,6 +35,7 @@ impl Config {
         if self.http.max_connections == 0 || self.http.max_connections > 1_000_000 {
             return reject("http.max_connections", "must be between 1 and 1000000");
         }
+        check_http(&self.http)?;
         if !self.http.callback_url.is_empty()
             && let Err(why) = crate::provider::parse_endpoint("http.callback_url", &self.http.callback_url, true)
         {
@@ -132,6 +133,27 @@ fn check_grpc(grpc: &GrpcConfig) -> Checked {
     }
     if grpc.unix_socket_mode > 0o777 {
         return reject("grpc.unix_socket_mode", "must be a file mode such as 0o660");
+    }
+    Ok(())
+}
+
+fn check_http(http: &HttpConfig) -> Checked {
+    let tls = &http.tls;
+    if tls.enabled() && tls.key_file.as_os_str().is_empty() {
+        return reject("http.tls.key_file", "required with http.tls.cert_file");
+    }
+    if !tls.enabled() && !tls.key_file.as_os_str().is_empty() {
+        return reject("http.tls.cert_file", "required with http.tls.key_file");
+    }
+    if !tls.client_ca_file.as_os_str().is_empty() {
+        return reject("http.tls.client_ca_file", "not used on the HTTP listener; leave it empty");
+    }
+    let session = &http.session;
+    if session.idle_timeout_secs == 0 {
+        return reject("http.session.idle_timeout_secs", "must be positive");
+    }
+    if session.absolute_timeout_secs < session.idle_timeout_secs {
+        return reject("http.session.absolute_timeout_secs", "must be at least http.session.idle_timeout_secs");
     }
     Ok(())
 }

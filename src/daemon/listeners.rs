@@ -79,7 +79,9 @@ pub fn serve_tcp(
     }
 }
 
-/// Serves the HTTP `router` (callback, health, metrics) on `listener` until `shutdown` fires,
+/// Serves the HTTP `router` (landing page, callback, health, metrics) on `listener`, through
+/// TLS when `tls` is set (reloadable: each handshake reads the current certificate), until
+/// `shutdown` fires,
 /// then lets open requests finish. HTTP/1.1 only (browsers and Prometheus speak it on a plain
 /// port; HTTP/2 there would be prior-knowledge h2c, which no client of this listener uses), so
 /// `http.header_read_timeout_secs` covers every connection from its first byte: a client that
@@ -90,6 +92,7 @@ pub fn serve_http(
     router: axum::Router,
     listener: TcpListener,
     config: &crate::config::HttpConfig,
+    tls: Option<SharedTlsConfig>,
     shutdown: CancellationToken,
 ) -> JoinHandle<std::io::Result<()>> {
     use axum::serve::Listener as _;
@@ -105,11 +108,13 @@ pub fn serve_http(
             };
             // The semaphore is never closed; treat a closed one as the end of serving.
             let Ok(permit) = permit else { break };
-            let stream = tokio::select! {
-                (stream, _peer) = incoming.accept() => stream,
+            let (stream, peer) = tokio::select! {
+                accepted = incoming.accept() => accepted,
                 () = shutdown.cancelled() => break,
             };
-            tokio::spawn(serve_http_connection(stream, router.clone(), header_timeout, shutdown.clone(), permit));
+            let connection =
+                HttpConnection { router: router.clone(), peer, header_timeout, shutdown: shutdown.clone() };
+            tokio::spawn(connection.serve(stream, tls.clone(), permit));
         }
         // Every connection holds a slot: having them all back means every connection ended.
         let all = u32::try_from(max).unwrap_or(u32::MAX);
@@ -118,29 +123,56 @@ pub fn serve_http(
     })
 }
 
-/// One HTTP/1.1 connection, with the header timeout; on shutdown it finishes the request in
-/// progress and closes. `_slot` is given back when the connection ends.
-async fn serve_http_connection(
-    stream: TcpStream,
+/// One accepted HTTP connection and what serving it needs.
+struct HttpConnection {
     router: axum::Router,
+    /// The peer, attached to every request ([`crate::web::PeerAddr`]) for the failed-sign-in
+    /// limit.
+    peer: SocketAddr,
     header_timeout: Duration,
     shutdown: CancellationToken,
-    _slot: OwnedSemaphorePermit,
-) {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+}
+
+impl HttpConnection {
+    /// Serves the connection, after a TLS handshake (within the header timeout) when `tls` is
+    /// set. `_slot` is given back when the connection ends.
+    async fn serve(self, stream: TcpStream, tls: Option<SharedTlsConfig>, _slot: OwnedSemaphorePermit) {
+        let Some(tls) = tls else { return self.serve_io(stream).await };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+        match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => self.serve_io(stream).await,
+            Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "HTTP TLS handshake failed"),
+            Err(_) => tracing::debug!(peer = %self.peer, "HTTP TLS handshake timed out"),
         }
-    };
-    if let Err(e) = result {
-        // A timed-out or broken client: nothing the daemon needs to act on.
-        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+
+    /// One HTTP/1.1 connection, with the header timeout; on shutdown it finishes the request
+    /// in progress and closes.
+    async fn serve_io<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = crate::web::PeerAddr(self.peer);
+        let service = TowerToHyperService::new(self.router);
+        let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer);
+            hyper::service::Service::call(&service, request)
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(self.header_timeout);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = self.shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
+            // A timed-out or broken client: nothing the daemon needs to act on.
+            tracing::debug!(error = %e, "HTTP connection ended with an error");
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::engine::{Engine, Scheduler};
 
 pub use bootstrap::ensure_data_dir;
-use start::{bind, caller_configs, grpc_tls, open_storage, serve, start_engine};
+use start::{ListenerTls, bind, caller_configs, grpc_tls, http_tls, open_storage, serve, start_engine};
 
 /// Why the daemon could not start. Each kind has its own exit code, so systemd can tell a
 /// retry (locked) from a fix (configuration, data, key).
@@ -87,6 +87,8 @@ pub struct Daemon {
     admin: Arc<Admin>,
     callers: Callers,
     tls: Option<crate::grpc::tls::SharedTlsConfig>,
+    /// The HTTP listener's TLS configuration (`http.tls`), reloaded like gRPC's.
+    http_tls: Option<crate::grpc::tls::SharedTlsConfig>,
     env_key: Option<Zeroizing<String>>,
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
@@ -117,6 +119,7 @@ impl Daemon {
         let (store, keys) = open_storage(&config, &options)?;
         let callers = Callers::new(&caller_configs(&config)?);
         let tls = grpc_tls(&config)?;
+        let web_tls = http_tls(&config)?;
         let bound = bind(&config).await?;
         let admin = start_engine(&config, store, keys, options.clock, options.jitter, bound.http_addr).await?;
         let engine = Arc::clone(admin.engine());
@@ -133,7 +136,16 @@ impl Daemon {
             Scheduler::start(Arc::clone(&engine), &config.refresh.sweep_cron, vec![expire_consents], shutdown.clone())
                 .await
                 .map_err(|e| StartError::Config(format!("refresh.sweep_cron: {e}")))?;
-        let serving = serve(&config, &admin, &callers, tls.clone(), bound, &scheduler, &shutdown).await?;
+        let serving = serve(
+            &config,
+            &admin,
+            &callers,
+            ListenerTls { grpc: tls.clone(), http: web_tls.clone() },
+            bound,
+            &scheduler,
+            &shutdown,
+        )
+        .await?;
         serving.ready.store(true, Ordering::Relaxed);
         let (grpc_addr, http_addr) = (serving.grpc_addr, serving.http_addr);
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "tokend serving");
@@ -146,6 +158,7 @@ impl Daemon {
             admin,
             callers,
             tls,
+            http_tls: web_tls,
             env_key,
             shutdown,
             ready: serving.ready,
@@ -167,6 +180,7 @@ impl Daemon {
         ReloadHandle {
             callers: self.callers.clone(),
             tls: self.tls.clone(),
+            http_tls: self.http_tls.clone(),
             env_key: self.env_key.clone(),
             admin: Arc::downgrade(&self.admin),
         }
@@ -252,6 +266,7 @@ fn refresh_drain(config: &Config) -> Duration {
 pub struct ReloadHandle {
     callers: Callers,
     tls: Option<crate::grpc::tls::SharedTlsConfig>,
+    http_tls: Option<crate::grpc::tls::SharedTlsConfig>,
     /// The key given in `TOKEND_KEY` at start, if any: it stays the active key across reloads.
     env_key: Option<Zeroizing<String>>,
     /// Weak: a handle kept by a signal task must not keep administration (and the store's
@@ -261,7 +276,7 @@ pub struct ReloadHandle {
 
 impl ReloadHandle {
     /// Applies what a reloaded configuration may change without a restart: the callers, the
-    /// TLS certificate and the key ring (a new active key; previous keys kept or, once nothing
+    /// TLS certificates (gRPC's and HTTP's) and the key ring (a new active key; previous keys kept or, once nothing
     /// is sealed under them, dropped). Hand-out tallies gathered so far are written first.
     /// Anything else in the configuration takes a restart. Declared profiles are reconciled. On
     /// error nothing changes.
@@ -273,6 +288,11 @@ impl ReloadHandle {
             (None, false) => None,
             _ => return Err(StartError::Config("turning TLS on or off takes a restart".into())),
         };
+        let http_tls = match (&self.http_tls, config.http.tls.enabled()) {
+            (Some(_), true) => Some(crate::grpc::tls::load_http(&config.http.tls).map_err(StartError::Config)?),
+            (None, false) => None,
+            _ => return Err(StartError::Config("turning http.tls on or off takes a restart".into())),
+        };
         let ring = bootstrap::reload_keys(config, self.env_key.as_ref())?;
         admin.check_keys(&ring).await.map_err(|e| StartError::Key(e.to_string()))?;
         crate::declared::reconcile(&admin, config)
@@ -282,6 +302,9 @@ impl ReloadHandle {
         admin.install_keys(ring);
         self.callers.replace(&callers);
         if let (Some(shared), Some(tls)) = (&self.tls, tls) {
+            shared.store(Arc::new(tls));
+        }
+        if let (Some(shared), Some(tls)) = (&self.http_tls, http_tls) {
             shared.store(Arc::new(tls));
         }
         tracing::info!(callers = callers.len(), tls = self.tls.is_some(), "configuration reloaded");

@@ -41,6 +41,12 @@ pub(super) struct Serving {
     pub(super) unix_socket: Option<std::path::PathBuf>,
 }
 
+/// The reloadable TLS configurations of the two listeners (`None`: plain).
+pub(super) struct ListenerTls {
+    pub(super) grpc: Option<crate::grpc::tls::SharedTlsConfig>,
+    pub(super) http: Option<crate::grpc::tls::SharedTlsConfig>,
+}
+
 /// Opens the data directory and the store (upgrading it if an older tokend wrote it), then the
 /// key ring, checked against the store's canary.
 pub(super) fn open_storage(config: &Config, options: &StartOptions) -> Result<(Arc<dyn Store>, KeyRing), StartError> {
@@ -123,21 +129,29 @@ pub(super) async fn serve(
     config: &Config,
     admin: &Arc<Admin>,
     callers: &Callers,
-    tls: Option<crate::grpc::tls::SharedTlsConfig>,
+    tls: ListenerTls,
     bound: Bound,
     scheduler: &Scheduler,
     shutdown: &CancellationToken,
 ) -> Result<Serving, StartError> {
     let engine = admin.engine();
     let grpc_metrics = crate::metrics::GrpcMetrics::default();
-    let (routes, health) =
-        crate::grpc::routes(Arc::clone(admin), callers, &config.grpc, &grpc_metrics, shutdown.clone())
-            .await
-            .map_err(|e| StartError::Config(format!("gRPC services: {e}")))?;
+    // One failed-authentication limit for both listeners: a wrong token counts on either.
+    let limiter = Arc::new(crate::access::PeerLimiter::new(&config.grpc.auth_limit));
+    let (routes, health) = crate::grpc::routes(
+        Arc::clone(admin),
+        callers,
+        Arc::clone(&limiter),
+        &config.grpc,
+        &grpc_metrics,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| StartError::Config(format!("gRPC services: {e}")))?;
     let every = Duration::from_secs(config.audit.handout_interval_secs);
     let tallied = callers.clone();
     crate::access::audit::spawn_handout_writer(move || tallied.write_handouts(), every, shutdown.clone());
-    let mut grpc_tasks = vec![listeners::serve_tcp(routes.clone(), bound.grpc, tls, shutdown.clone())];
+    let mut grpc_tasks = vec![listeners::serve_tcp(routes.clone(), bound.grpc, tls.grpc, shutdown.clone())];
     let unix_socket = (!config.grpc.unix_socket.as_os_str().is_empty()).then(|| config.grpc.unix_socket.clone());
     if let Some(path) = &unix_socket {
         let listener = listeners::bind_unix(path, config.grpc.unix_socket_mode)?;
@@ -148,8 +162,10 @@ pub(super) async fn serve(
     // Per-profile series name profiles to whoever can scrape: none when profile_labels is off.
     let profile_series = if config.metrics.profile_labels { config.metrics.max_profile_series } else { 0 };
     let metrics = Arc::new(Metrics::new(engine.metrics(), &grpc_metrics, last_sweep, profile_series));
-    let http_state = crate::http::HttpState { admin: Arc::clone(admin), ready: Arc::clone(&ready), metrics };
-    let http_task = listeners::serve_http(crate::http::router(http_state), bound.http, &config.http, shutdown.clone());
+    let web = landing_page(config, admin, callers, limiter, shutdown);
+    let http_state = crate::http::HttpState { admin: Arc::clone(admin), ready: Arc::clone(&ready), metrics, web };
+    let router = crate::http::router(http_state);
+    let http_task = listeners::serve_http(router, bound.http, &config.http, tls.http, shutdown.clone());
     Ok(Serving {
         grpc_addr: bound.grpc_addr,
         http_addr: bound.http_addr,
@@ -159,6 +175,40 @@ pub(super) async fn serve(
         http_task,
         unix_socket,
     })
+}
+
+/// The landing page, unless the listener is plain HTTP off loopback without the opt-in (then
+/// the listener serves the callback, health and metrics only); the opt-in is logged.
+fn landing_page(
+    config: &Config,
+    admin: &Arc<Admin>,
+    callers: &Callers,
+    limiter: Arc<crate::access::PeerLimiter>,
+    shutdown: &CancellationToken,
+) -> Option<crate::web::Web> {
+    let http = &config.http;
+    if !http.serves_page() {
+        tracing::warn!(listen = %http.listen, "landing page off: plain HTTP on a non-loopback address (configure http.tls, or set http.allow_insecure_non_loopback)");
+        return None;
+    }
+    if !http.listen.ip().is_loopback() && !http.tls.enabled() {
+        tracing::warn!(listen = %http.listen, "serving the landing page over plain HTTP off loopback: bearer tokens and session cookies travel in clear text");
+    }
+    let options = crate::web::WebOptions {
+        session: http.session.clone(),
+        tls: http.tls.enabled(),
+        consent_ttl_secs: config.consent.ttl_secs,
+    };
+    Some(crate::web::Web::new(Arc::clone(admin), callers.clone(), limiter, &options, shutdown.clone()))
+}
+
+/// The HTTP listener's TLS configuration, reloadable, when `http.tls` is on.
+pub(super) fn http_tls(config: &Config) -> Result<Option<crate::grpc::tls::SharedTlsConfig>, StartError> {
+    if !config.http.tls.enabled() {
+        return Ok(None);
+    }
+    let tls = crate::grpc::tls::load_http(&config.http.tls).map_err(StartError::Config)?;
+    Ok(Some(Arc::new(ArcSwap::from_pointee(tls))))
 }
 
 /// The configured callers, or the generated admin when there are none.

@@ -24,15 +24,15 @@ use tonic::{Code, Status};
 use tower_layer::Layer;
 
 use super::auth::{Authenticated, Callers, identify, peer_uid, remote_addr};
-use super::peer_limit::{FailureOutcome, PeerKey, PeerLimiter};
-use crate::config::AuthLimitConfig;
+use crate::access::{FailureOutcome, PeerKey, PeerLimiter};
 use crate::metrics::{GrpcMetrics, MethodMetrics, UNKNOWN_METHOD};
 
 /// What every wrapped service shares.
 #[derive(Debug)]
 struct Shared {
     callers: Callers,
-    limiter: PeerLimiter,
+    /// Shared with the landing page: a wrong token counts against the peer on either surface.
+    limiter: Arc<PeerLimiter>,
     /// Every method of every service served, by path (`/package.Service/Method`).
     methods: Vec<(Box<str>, MethodMetrics)>,
     /// Requests for paths that name no method.
@@ -52,7 +52,7 @@ impl RequestLayer {
     /// to metric handles here, once.
     pub fn new(
         callers: Callers,
-        limit: &AuthLimitConfig,
+        limiter: Arc<PeerLimiter>,
         metrics: &GrpcMetrics,
         descriptor_sets: &[&[u8]],
     ) -> Result<Self, prost::DecodeError> {
@@ -68,12 +68,7 @@ impl RequestLayer {
                 }
             }
         }
-        let shared = Shared {
-            callers,
-            limiter: PeerLimiter::new(limit),
-            methods,
-            unknown: metrics.method(UNKNOWN_METHOD, false),
-        };
+        let shared = Shared { callers, limiter, methods, unknown: metrics.method(UNKNOWN_METHOD, false) };
         Ok(Self { shared: Arc::new(shared), authenticate: true })
     }
 

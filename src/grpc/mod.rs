@@ -9,7 +9,8 @@ mod connected_apps;
 mod convert;
 pub mod layer;
 mod maintenance;
-pub mod peer_limit;
+/// The failed-authentication limit, shared with the landing page (it lives in `access`).
+pub use crate::access::peer_limit;
 mod status;
 pub mod tls;
 mod tokens;
@@ -46,10 +47,12 @@ pub enum RoutesError {
 }
 
 /// The gRPC routes and the health reporter that operators' probes read. Every service sits
-/// behind the [`RequestLayer`], which counts requests into `metrics`.
+/// behind the [`RequestLayer`], which counts requests into `metrics` and failed
+/// authentications into `limiter` (the one the landing page counts its wrong tokens in too).
 pub async fn routes(
     admin: Arc<Admin>,
     callers: &Callers,
+    limiter: Arc<crate::access::PeerLimiter>,
     config: &GrpcConfig,
     metrics: &GrpcMetrics,
     shutdown: CancellationToken,
@@ -82,7 +85,7 @@ pub async fn routes(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let authenticated = RequestLayer::new(
         callers.clone(),
-        &config.auth_limit,
+        limiter,
         metrics,
         &[
             pb::FILE_DESCRIPTOR_SET,

@@ -41,27 +41,40 @@ fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, S
 /// client CA when client certificates are to be accepted (optional per connection: callers
 /// without a certificate still authenticate with a bearer token).
 pub fn load(tls: &TlsConfig) -> Result<ServerConfig, String> {
-    let chain = read_certs(&tls.cert_file, "grpc.tls.cert_file")?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
-        .map_err(|e| format!("grpc.tls.key_file {}: {e}", tls.key_file.display()))?;
+    let mut config = build(tls, "grpc.tls")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The HTTP listener's server configuration (`http.tls`): the certificate chain and its key;
+/// HTTP/1.1 only, as the listener serves.
+pub fn load_http(tls: &TlsConfig) -> Result<ServerConfig, String> {
+    let mut config = build(tls, "http.tls")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A server configuration from the PEM files of the section `key` (`grpc.tls`, `http.tls`).
+fn build(tls: &TlsConfig, key: &str) -> Result<ServerConfig, String> {
+    let chain = read_certs(&tls.cert_file, &format!("{key}.cert_file"))?;
+    let key_file = &tls.key_file;
+    let private =
+        PrivateKeyDer::from_pem_file(key_file).map_err(|e| format!("{key}.key_file {}: {e}", key_file.display()))?;
     let builder = ServerConfig::builder();
     let builder = if tls.client_ca_file.as_os_str().is_empty() {
         builder.with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in read_certs(&tls.client_ca_file, "grpc.tls.client_ca_file")? {
-            roots.add(cert).map_err(|e| format!("grpc.tls.client_ca_file: {e}"))?;
+        for cert in read_certs(&tls.client_ca_file, &format!("{key}.client_ca_file"))? {
+            roots.add(cert).map_err(|e| format!("{key}.client_ca_file: {e}"))?;
         }
         let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
             .allow_unauthenticated()
             .build()
-            .map_err(|e| format!("grpc.tls.client_ca_file: {e}"))?;
+            .map_err(|e| format!("{key}.client_ca_file: {e}"))?;
         builder.with_client_cert_verifier(verifier)
     };
-    let mut config =
-        builder.with_single_cert(chain, key).map_err(|e| format!("grpc.tls: certificate and key do not match: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+    builder.with_single_cert(chain, private).map_err(|e| format!("{key}: certificate and key do not match: {e}"))
 }
 
 /// Completes the handshakes of the TCP connections `connections` yields (the listener's accept

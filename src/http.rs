@@ -1,5 +1,5 @@
 //! The small HTTP listener: `GET /oauth/callback` (finishes a consent and shows a short page),
-//! `/healthz` (alive), `/readyz` (store open, engine running) and `/metrics` (Prometheus text).
+//! `/healthz` (alive), `/readyz` (store reachable, change feed connected, engine running) and `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,7 +85,9 @@ async fn callback(State(state): State<HttpState>, Query(query): Query<CallbackQu
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let store_ok = state.admin.engine().store().earliest_due().is_ok();
+    // A shared store (PostgreSQL) must be reachable and its change feed connected: a replica
+    // that cannot hear other replicas' writes should not take traffic.
+    let store_ok = state.admin.engine().store().healthy();
     if state.ready.load(Ordering::Relaxed) && store_ok {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -107,6 +107,8 @@ pub(super) async fn start_engine(
     let admin = Admin::new(Arc::clone(&engine), Duration::from_secs(config.consent.ttl_secs));
     // Serve first: the cache fills in the background, and a profile not loaded yet is loaded
     // on first use.
+    // The change feed (shared stores only) first: nothing written while the cache warms is missed.
+    engine.spawn_change_feed();
     engine.spawn_warm_up();
     if let Err(e) = admin.expire_consents() {
         tracing::warn!(error = %e, "dropping expired consents failed");
@@ -198,5 +200,12 @@ pub(super) fn engine_settings(config: &Config, http_addr: SocketAddr) -> EngineS
         soft_timeout: Duration::from_secs(config.provider.soft_timeout_secs),
         provider_rate: r.provider_rate_per_sec,
         provider_burst: r.provider_burst,
+        lease: refresh_lease(config),
     }
+}
+
+/// The refresh lease: the longest a refresh can take (two provider requests: the one retry of a
+/// refresh whose answer may have been lost) plus a margin for the write.
+pub(super) fn refresh_lease(config: &Config) -> Duration {
+    Duration::from_secs(config.provider.request_timeout_secs.saturating_mul(2).saturating_add(5))
 }

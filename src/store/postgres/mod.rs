@@ -155,7 +155,7 @@ impl PgStore {
     /// trying, and says `Resync` once it is.
     fn start_feed(&self, wait: Duration) {
         let Some(pool) = self.pool.as_ref().cloned() else { return };
-        let (state, receiver) = notify::start(&self.handle, pool, self.channel.clone());
+        let (state, receiver) = notify::start(&self.handle, pool, self.channel.clone(), self.holder.clone());
         let deadline = std::time::Instant::now() + wait;
         while !state.connected() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

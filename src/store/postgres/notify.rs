@@ -20,23 +20,25 @@ pub const RESYNC_PAYLOAD: &str = "*";
 /// How long the listener waits before reconnecting after a failure.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
-/// The payload of a change: `<version>:<name>`, or `-:<name>` when no connection version was
-/// written (a profile edit or delete).
-pub fn payload(name: &str, version: Option<u64>) -> String {
+/// The payload of a change written by process `origin`: `<origin>|<version>:<name>`, with `-`
+/// for the version when no connection version was written (a profile edit or delete).
+pub fn payload(origin: &str, name: &str, version: Option<u64>) -> String {
     match version {
-        Some(v) => format!("{v}:{name}"),
-        None => format!("-:{name}"),
+        Some(v) => format!("{origin}|{v}:{name}"),
+        None => format!("{origin}|-:{name}"),
     }
 }
 
-/// The change a payload stands for (`None`: not one of ours).
-pub fn parse(payload: &str) -> Option<StoreChange> {
+/// The writer and the change a payload stands for (`None`: not one of ours). A resync has no
+/// writer.
+pub fn parse(payload: &str) -> Option<(Option<&str>, StoreChange)> {
     if payload == RESYNC_PAYLOAD {
-        return Some(StoreChange::Resync);
+        return Some((None, StoreChange::Resync));
     }
-    let (version, name) = payload.split_once(':')?;
+    let (origin, rest) = payload.split_once('|')?;
+    let (version, name) = rest.split_once(':')?;
     let version = if version == "-" { None } else { Some(version.parse().ok()?) };
-    Some(StoreChange::Changed { name: name.to_owned(), version })
+    Some((Some(origin), StoreChange::Changed { name: name.to_owned(), version }))
 }
 
 /// A process-unique lease holder id: host name (for people reading the table) and random bits.
@@ -64,15 +66,22 @@ impl FeedState {
     }
 }
 
-/// Starts the listener on `handle` (the store's runtime).
-pub fn start(handle: &Handle, pool: PgPool, channel: String) -> (FeedState, ChangeFeed) {
+/// Starts the listener on `handle` (the store's runtime); changes this process (`own`) wrote are
+/// left out (it showed them when it wrote them).
+pub fn start(handle: &Handle, pool: PgPool, channel: String, own: String) -> (FeedState, ChangeFeed) {
     let (sender, receiver) = mpsc::unbounded_channel();
     let connected = Arc::new(AtomicBool::new(false));
-    let task = handle.spawn(listen(pool, channel, sender, Arc::clone(&connected)));
+    let task = handle.spawn(listen(pool, channel, own, sender, Arc::clone(&connected)));
     (FeedState { connected, task }, receiver)
 }
 
-async fn listen(pool: PgPool, channel: String, sender: mpsc::UnboundedSender<StoreChange>, connected: Arc<AtomicBool>) {
+async fn listen(
+    pool: PgPool,
+    channel: String,
+    own: String,
+    sender: mpsc::UnboundedSender<StoreChange>,
+    connected: Arc<AtomicBool>,
+) {
     let mut first = true;
     loop {
         let mut listener = match subscribe(&pool, &channel).await {
@@ -96,9 +105,8 @@ async fn listen(pool: PgPool, channel: String, sender: mpsc::UnboundedSender<Sto
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
-                    if let Some(change) = parse(notification.payload())
-                        && sender.send(change).is_err()
-                    {
+                    let Some((origin, change)) = parse(notification.payload()) else { continue };
+                    if origin != Some(own.as_str()) && sender.send(change).is_err() {
                         return;
                     }
                 }
@@ -132,12 +140,14 @@ mod tests {
     /// Payloads parse back to the change they stand for; names may hold colons.
     #[test]
     fn payloads_round_trip() {
+        let seven = payload("host/1", "a:b", Some(7));
         assert_eq!(
-            parse(&payload("a:b", Some(7))),
-            Some(StoreChange::Changed { name: "a:b".into(), version: Some(7) })
+            parse(&seven),
+            Some((Some("host/1"), StoreChange::Changed { name: "a:b".into(), version: Some(7) }))
         );
-        assert_eq!(parse(&payload("x", None)), Some(StoreChange::Changed { name: "x".into(), version: None }));
-        assert_eq!(parse(RESYNC_PAYLOAD), Some(StoreChange::Resync));
+        let edit = payload("h", "x", None);
+        assert_eq!(parse(&edit), Some((Some("h"), StoreChange::Changed { name: "x".into(), version: None })));
+        assert_eq!(parse(RESYNC_PAYLOAD), Some((None, StoreChange::Resync)));
         assert_eq!(parse("junk"), None);
     }
 }

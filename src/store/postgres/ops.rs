@@ -14,6 +14,9 @@ use crate::store::{
     ProfileRecord, RecordRewrite, Rewritten, SealedTree, Store, StoreError, due_key,
 };
 
+/// Where a change goes and who wrote it: (channel, this process's holder id).
+type Channel = (String, String);
+
 /// Rows read per page when visiting a whole table.
 const PAGE: i64 = 500;
 
@@ -32,11 +35,12 @@ fn limit_of(limit: usize) -> i64 {
 /// Tells other replicas that `name` changed (delivered at commit, dropped on rollback).
 async fn notify(
     tx: &mut Transaction<'_, Postgres>,
-    channel: &str,
+    to: &Channel,
     name: &str,
     version: Option<u64>,
 ) -> Result<(), StoreError> {
-    let payload = super::notify::payload(name, version);
+    let (channel, origin) = to;
+    let payload = super::notify::payload(origin, name, version);
     sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&mut **tx).await.map_err(db)?;
     Ok(())
 }
@@ -195,8 +199,12 @@ impl Store for PgStore {
     }
 
     fn insert_profile(&self, profile: &ProfileRecord, connection: &ConnectionRecord) -> Result<(), StoreError> {
-        let (name, record, conn, channel) =
-            (profile.name.clone(), profile.encode_to_vec(), connection.clone(), self.channel.clone());
+        let (name, record, conn, channel) = (
+            profile.name.clone(),
+            profile.encode_to_vec(),
+            connection.clone(),
+            (self.channel.clone(), self.holder.clone()),
+        );
         self.with_pool("creating a profile", |pool| async move {
             let mut tx = pool.begin().await.map_err(db)?;
             let inserted = sqlx::query("INSERT INTO profiles (name, record) VALUES ($1, $2) ON CONFLICT DO NOTHING")
@@ -222,7 +230,8 @@ impl Store for PgStore {
     }
 
     fn replace_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError> {
-        let (name, record, channel) = (profile.name.clone(), profile.encode_to_vec(), self.channel.clone());
+        let (name, record, channel) =
+            (profile.name.clone(), profile.encode_to_vec(), (self.channel.clone(), self.holder.clone()));
         self.with_pool("updating a profile", |pool| async move {
             let mut tx = pool.begin().await.map_err(db)?;
             let updated = sqlx::query("UPDATE profiles SET record = $2 WHERE name = $1")
@@ -240,7 +249,7 @@ impl Store for PgStore {
     }
 
     fn remove_profile(&self, name: &str) -> Result<(), StoreError> {
-        let (name, channel) = (name.to_owned(), self.channel.clone());
+        let (name, channel) = (name.to_owned(), (self.channel.clone(), self.holder.clone()));
         self.with_pool("deleting a profile", |pool| async move {
             let mut tx = pool.begin().await.map_err(db)?;
             let connection: Option<Vec<u8>> =
@@ -273,7 +282,7 @@ impl Store for PgStore {
         let mut record = write.record.clone();
         record.version = write.expected_version + 1;
         let stored = record.clone();
-        let channel = self.channel.clone();
+        let channel = (self.channel.clone(), self.holder.clone());
         self.with_pool("writing a connection", |pool| async move {
             let mut tx = pool.begin().await.map_err(db)?;
             let updated = sqlx::query(
@@ -438,7 +447,7 @@ impl Store for PgStore {
             .map(|(_, k, v)| Ok((text("profiles", k)?, v.clone())))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let consents: Vec<(Vec<u8>, Vec<u8>)> = pick("consents").map(|(_, k, v)| (k.clone(), v.clone())).collect();
-        let channel = self.channel.clone();
+        let channel = (self.channel.clone(), self.holder.clone());
         self.with_pool("restoring a backup", |pool| async move {
             let mut tx = pool.begin().await.map_err(db)?;
             let held: i64 =
@@ -488,7 +497,7 @@ impl Store for PgStore {
                 .map_err(db)?;
             }
             sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&channel)
+                .bind(&channel.0)
                 .bind(super::notify::RESYNC_PAYLOAD)
                 .execute(&mut *tx)
                 .await

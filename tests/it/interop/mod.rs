@@ -9,6 +9,7 @@
 
 mod fault_proxy;
 mod harness;
+mod replicas;
 
 use std::time::{Duration, SystemTime};
 

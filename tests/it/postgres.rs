@@ -66,3 +66,84 @@ async fn export_import_between_backends_is_lossless() {
     assert_eq!(again.access_token, served.access_token);
     on_pg.stop().await;
 }
+
+/// The token `daemon` serves for "mail-x" now.
+async fn token(daemon: &TestDaemon) -> String {
+    let mut tokens = daemon.tokens(CONSUMER).await;
+    let request = pb::GetAccessTokenRequest { name: "mail-x".into(), ..Default::default() };
+    tokens.get_access_token(request).await.unwrap().into_inner().access_token
+}
+
+/// The next event of a watch stream, within `limit`.
+async fn next_event(stream: &mut tonic::Streaming<pb::ProfileEvent>, limit: std::time::Duration) -> pb::ProfileEvent {
+    tokio::time::timeout(limit, stream.message())
+        .await
+        .expect("an event in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+/// Two daemons on one database: what one writes (create, connect, refresh, delete) reaches the
+/// other's cache and watch streams within a second, and the other serves the same token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_sees_every_change() {
+    let provider = FakeProvider::start().await;
+    let mut schema = String::new();
+    let a = TestDaemon::start_with(|c| schema = support::use_postgres(c), None).await;
+    let key_file = a.config.key_file();
+    let b = TestDaemon::start_with(
+        |c| {
+            support::use_postgres(c);
+            c.store.postgres.schema = schema.clone();
+            c.keys.key_file = key_file.clone();
+        },
+        None,
+    )
+    .await;
+    let second = std::time::Duration::from_secs(1);
+    let mut b_apps = b.apps(ADMIN).await;
+    let mut events = b_apps.watch_profiles(pb::WatchProfilesRequest::default()).await.expect("watch on b").into_inner();
+
+    let mut a_apps = a.apps(ADMIN).await;
+    support::create_and_connect(&mut a_apps, "mail-x", &provider).await;
+    let mut connected = false;
+    while !connected {
+        let event = next_event(&mut events, second).await;
+        connected = event.profile.as_ref().is_some_and(|p| p.status == pb::Status::Connected as i32);
+    }
+    assert_eq!(token(&b).await, token(&a).await, "b serves a's token from its cache");
+
+    a_apps.refresh_now(pb::RefreshNowRequest { name: "mail-x".into() }).await.expect("refresh on a");
+    let event = next_event(&mut events, second).await;
+    assert_eq!(event.kind, pb::profile_event::Kind::Refreshed as i32, "{event:?}");
+    assert_eq!(token(&b).await, token(&a).await, "b serves the refreshed token");
+    assert_eq!(provider.refresh_requests(), 1);
+
+    a_apps.delete_profile(pb::DeleteProfileRequest { name: "mail-x".into() }).await.expect("delete on a");
+    loop {
+        let event = next_event(&mut events, second).await;
+        if event.kind == pb::profile_event::Kind::Deleted as i32 {
+            break;
+        }
+    }
+    let mut b_tokens = b.tokens(CONSUMER).await;
+    let gone = b_tokens.get_access_token(pb::GetAccessTokenRequest { name: "mail-x".into(), ..Default::default() });
+    assert_eq!(gone.await.unwrap_err().code(), tonic::Code::NotFound);
+}
+
+/// A database that cannot be reached at start stops the daemon at once with a retryable exit
+/// code and a message without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_database_at_start_is_a_quick_retryable_failure() {
+    let dir = support::private_tempdir().unwrap();
+    let mut config = support::test_config(dir.path());
+    support::use_postgres(&mut config);
+    let port = support::free_port();
+    config.store.postgres.url = format!("postgres://tokend:pw-not-logged@127.0.0.1:{port}/tokend");
+    config.store.postgres.connect_timeout_secs = 1;
+    let started = std::time::Instant::now();
+    let Err(error) = support::start_daemon(&config, None).await else { panic!("no database, no daemon") };
+    assert_eq!(error.exit_code(), 75, "{error}");
+    assert!(!error.to_string().contains("pw-not-logged"), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

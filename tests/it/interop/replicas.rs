@@ -198,10 +198,15 @@ async fn three_replicas_refresh_once_and_serve_through_failures() {
     step("the database cut off for 2.5 s: served from the caches, not ready, then resumed");
     proxy.set(Fault::Refuse);
     let cut = Instant::now();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let readiness = replicas[live[0]].readyz().await;
-    let left = Duration::from_millis(2500).saturating_sub(cut.elapsed());
-    tokio::time::sleep(left).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Not ready, and writes refused quickly with UNAVAILABLE (nothing reaches the provider).
+    let mut live_apps = replicas[live[1]].apps().await;
+    let (readiness, refused) =
+        tokio::join!(replicas[live[0]].readyz(), live_apps.refresh_now(pb::RefreshNowRequest { name: NAME.into() }));
+    let refused = refused.expect_err("no refresh while the database is unreachable");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    eprintln!("during the outage: /readyz {readiness}, RefreshNow {:?} after {:?}", refused.code(), cut.elapsed());
+    tokio::time::sleep(Duration::from_millis(2500).saturating_sub(cut.elapsed())).await;
     proxy.set(Fault::PassThrough);
     assert_eq!(readiness, 503, "not ready while the database is unreachable");
     let before_outage_end = server.granted("refresh_token").await;

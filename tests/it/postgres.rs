@@ -147,3 +147,61 @@ async fn unreachable_database_at_start_is_a_quick_retryable_failure() {
     assert!(!error.to_string().contains("pw-not-logged"), "{error}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// TLS to the database with rustls: with `store.postgres.ca_file` the connection is encrypted
+/// and the server's certificate verified against that CA and the host name (`verify-full`); a
+/// server whose certificate another CA signed is refused. The test turns TLS on in the test
+/// server (certificate files in its data directory, `ALTER SYSTEM`, reload) and off again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified() {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut config = support::test_config(std::path::Path::new("/nonexistent"));
+    support::use_postgres(&mut config);
+    let admin = sqlx::PgPool::connect(&config.store.postgres.url).await.expect("connect to the test server");
+    let data: String = sqlx::query_scalar("SHOW data_directory").fetch_one(&admin).await.unwrap();
+    let owner = std::fs::metadata(&data).expect("the test server's data directory is readable here");
+    let ca = support::Ca::new("tokend test database CA");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let (cert_path, key_path) =
+        (std::path::Path::new(&data).join("tokend-test.crt"), std::path::Path::new(&data).join("tokend-test.key"));
+    for (path, text) in [(&cert_path, cert), (&key_path, key)] {
+        std::fs::write(path, text).unwrap();
+        std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    for setting in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert_path.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key_path.display()),
+        "ALTER SYSTEM SET ssl = on".into(),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(setting)).execute(&admin).await.unwrap();
+    }
+    sqlx::query("SELECT pg_reload_conf()").execute(&admin).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let dir = support::private_tempdir().unwrap();
+    let ca_file = ca.write_pem(dir.path(), "ca.pem");
+    let other_ca = support::Ca::new("someone else").write_pem(dir.path(), "other.pem");
+    let mut options = tokend::store::PgOptions::new(config.store.postgres.url.replace("127.0.0.1", "localhost"));
+    options.schema = config.store.postgres.schema.clone();
+    options.ca_file = Some(ca_file);
+    let opened = tokend::store::PgStore::open(&options);
+    let refused = {
+        let mut wrong = options.clone();
+        wrong.ca_file = Some(other_ca);
+        wrong.connect_timeout = std::time::Duration::from_secs(2);
+        tokend::store::PgStore::open(&wrong).err()
+    };
+
+    for reset in ["ALTER SYSTEM RESET ssl", "ALTER SYSTEM RESET ssl_cert_file", "ALTER SYSTEM RESET ssl_key_file"] {
+        sqlx::query(reset).execute(&admin).await.unwrap();
+    }
+    sqlx::query("SELECT pg_reload_conf()").execute(&admin).await.unwrap();
+    // verify-full never falls back to plain text: connecting proves TLS with a verified server.
+    let store = opened.expect("verify-full against the right CA connects");
+    use tokend::store::Store as _;
+    assert!(store.healthy());
+    let refused = refused.map(|e| e.to_string()).unwrap_or_default();
+    eprintln!("another CA: {refused}");
+    assert!(refused.contains("certificate") || refused.contains("Unknown"), "refused for the certificate: {refused:?}");
+}

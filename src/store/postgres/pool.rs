@@ -139,6 +139,12 @@ pub async fn connect(options: &PgOptions) -> Result<PgPool, StoreError> {
 /// connection broke is [`StoreError::Unavailable`] (retry later); the rest is
 /// [`StoreError::Engine`]. Messages come from the server or the socket, never with the URL.
 pub fn db(e: sqlx::Error) -> StoreError {
+    let text = e.to_string();
+    if text.contains("certificate") {
+        // A server certificate that does not verify is a configuration problem (the CA file, the
+        // host name), not an outage: retrying will not fix it.
+        return StoreError::Engine(format!("TLS to the database: {text}"));
+    }
     match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

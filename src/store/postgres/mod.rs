@@ -16,8 +16,11 @@
 //! network round trip; an async trait remains the cleaner end state.
 //!
 //! One job per file: [`pool`] (options, connecting, TLS, redaction), [`schema`] (migrations and
-//! start checks), `ops` (the [`Store`] methods), [`notify`] (the change feed).
+//! start checks), `ops` (the [`Store`] methods), `bulk` (whole-store visits, restore, re-seal),
+//! `lease` (refresh leases, health), [`notify`] (the change feed).
 
+mod bulk;
+mod lease;
 pub mod notify;
 mod ops;
 pub mod pool;

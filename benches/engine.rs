@@ -24,7 +24,10 @@
 //! daemon's default), `--provider-rate`/`--provider-burst` (the daemon's per-provider rate
 //! limit; its defaults when absent), `--no-rotate` (replies keep the refresh token, so no flush
 //! before hand-out), `--data-dir` (where the temporary data directory goes), `--keep-data`,
-//! `--timeout-secs` (300), `--skip-single-flight`, `--skip-engine`.
+//! `--timeout-secs` (300), `--skip-single-flight`, `--skip-engine`, `--postgres URL` (the engine
+//! run on the PostgreSQL store, in a new schema of that database, one replica: seeding goes
+//! through `PgStore`, the daemon runs with `store.backend = "postgres"`, and the size reported is
+//! the tables' instead of the data directory's).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // The integration tests' fake provider; a benchmark uses a few of its methods.
@@ -44,7 +47,9 @@ use tokend::api::pb;
 use tokend::clock::{Clock, RandomJitter, UnixMillis};
 use tokend::crypto::{KeyRing, Purpose};
 use tokend::daemon::{Daemon, StartOptions};
-use tokend::store::{ConnectionRecord, ConnectionWrite, ProfileRecord, SledOptions, SledStore, Store};
+use tokend::store::{
+    ConnectionRecord, ConnectionWrite, PgOptions, PgStore, ProfileRecord, SledOptions, SledStore, Store,
+};
 
 use support::fast_provider::{self, FastProvider};
 use support::{ADMIN, Args, CONSUMER};
@@ -177,6 +182,11 @@ fn daemon_child(args: &Args, dir: &Path) {
     config.refresh.max_concurrent = args.parsed("--max-concurrent", config.refresh.max_concurrent);
     config.refresh.provider_rate_per_sec = args.parsed("--provider-rate", config.refresh.provider_rate_per_sec);
     config.refresh.provider_burst = args.parsed("--provider-burst", config.refresh.provider_burst);
+    if let (Some(url), Some(schema)) = (args.value("--postgres"), args.value("--pg-schema")) {
+        config.store.backend = tokend::config::StoreBackend::Postgres;
+        config.store.postgres.url = url.to_owned();
+        config.store.postgres.schema = schema.to_owned();
+    }
     let probe = args.value("--probe").map(str::to_owned);
     support::runtime().block_on(async move {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -411,19 +421,44 @@ impl Plan {
     }
 }
 
-/// Writes the plan's profiles and connections into the stopped daemon's store at `dir`, sealed
-/// with its key, on two threads. Returns how long it took.
-fn seed(dir: &Path, plan: &Plan, token_endpoint: &str) -> Duration {
+/// The PostgreSQL database and schema of a `--postgres` run.
+#[derive(Clone)]
+struct PgTarget {
+    url: String,
+    schema: String,
+}
+
+impl PgTarget {
+    fn options(&self) -> PgOptions {
+        let mut options = PgOptions::new(self.url.clone());
+        options.schema = self.schema.clone();
+        options.pool_size = 8;
+        options
+    }
+
+    fn flags(&self) -> [String; 4] {
+        ["--postgres".into(), self.url.clone(), "--pg-schema".into(), self.schema.clone()]
+    }
+}
+
+/// Writes the plan's profiles and connections into the stopped daemon's store at `dir` (or the
+/// PostgreSQL schema), sealed with its key, on two threads. Returns how long it took.
+fn seed(dir: &Path, plan: &Plan, token_endpoint: &str, pg: Option<&PgTarget>) -> Duration {
     let started = Instant::now();
     let config = support::bench_config(dir);
-    let options = SledOptions { cache_capacity: 64 * 1024 * 1024, flush_every_ms: 1000 };
-    let store = SledStore::open(&dir.join("store"), &options).expect("open the store");
+    let store: Box<dyn Store> = match pg {
+        Some(pg) => Box::new(PgStore::open(&pg.options()).expect("open the PostgreSQL store")),
+        None => {
+            let options = SledOptions { cache_capacity: 64 * 1024 * 1024, flush_every_ms: 1000 };
+            Box::new(SledStore::open(&dir.join("store"), &options).expect("open the store"))
+        }
+    };
     let key = tokend::crypto::read_key_file(&config.key_file()).expect("the daemon's key file");
     let keys = KeyRing::from_keys(&[key]).expect("key ring");
     let filler = fast_provider::filler();
     std::thread::scope(|scope| {
         for thread in 0..2 {
-            let (store, keys, filler) = (&store, &keys, &filler);
+            let (store, keys, filler) = (store.as_ref(), &keys, &filler);
             scope.spawn(move || {
                 for i in (thread..plan.n).step_by(2) {
                     seed_one(store, keys, plan, i, token_endpoint, filler);
@@ -432,11 +467,15 @@ fn seed(dir: &Path, plan: &Plan, token_endpoint: &str) -> Duration {
         }
     });
     store.flush().expect("flush the seeded store");
+    if pg.is_some() {
+        let bytes = store.size_on_disk().unwrap_or(0);
+        println!("PostgreSQL tables: {:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
+    }
     started.elapsed()
 }
 
 /// One profile and its connected connection (version 1, due per the plan).
-fn seed_one(store: &SledStore, keys: &KeyRing, plan: &Plan, i: u32, token_endpoint: &str, filler: &str) {
+fn seed_one(store: &dyn Store, keys: &KeyRing, plan: &Plan, i: u32, token_endpoint: &str, filler: &str) {
     let name = profile_name(i);
     let issued = plan.expires(i) - 3_600_000;
     let profile = ProfileRecord {
@@ -518,7 +557,14 @@ fn engine(args: &Args, runtime: &tokio::runtime::Runtime) {
         "rotated (flushed before hand-out)"
     };
     println!("engine run: refresh tokens {rotation}; load average {}", support::load_average());
-    let flags = daemon_flags(args);
+    let pg = args
+        .value("--postgres")
+        .map(|url| PgTarget { url: url.to_owned(), schema: format!("bench_{:016x}", rand::random::<u64>()) });
+    let mut flags = daemon_flags(args);
+    if let Some(pg) = &pg {
+        println!("store: PostgreSQL, schema {} (one replica)", pg.schema);
+        flags.extend(pg.flags());
+    }
     // Idle: the first start on an empty directory also writes the key and the canary.
     let mut idle = DaemonProcess::launch(&data, &flags);
     let idle_ready = idle.ready();
@@ -526,11 +572,10 @@ fn engine(args: &Args, runtime: &tokio::runtime::Runtime) {
     let idle_rss = idle.rss();
     idle.stop();
     let plan = Plan::new(args, fast_provider::now_ms(0));
-    let du_seeded = seed_and_report(&data, &plan, &provider.token_endpoint());
+    let du_seeded = seed_and_report(&data, &plan, &provider.token_endpoint(), pg.as_ref());
     let lead_ms = args.parsed::<i64>("--lead-secs", 5) * 1000;
     let offset = plan.epoch_ms - (fast_provider::now_ms(0) + lead_ms);
     provider.set_offset(offset);
-    let mut flags = flags;
     flags.extend(["--clock-offset-ms".to_owned(), offset.to_string(), "--probe".to_owned(), profile_name(0)]);
     let wave = run_wave(&data, &flags, &plan, &provider, offset, args.parsed("--timeout-secs", 300));
     let restarted = DaemonProcess::launch(&data, &flags);
@@ -546,8 +591,8 @@ fn engine(args: &Args, runtime: &tokio::runtime::Runtime) {
 }
 
 /// Seeds the store and prints how long it took; returns the data directory's size (KiB).
-fn seed_and_report(data: &Path, plan: &Plan, token_endpoint: &str) -> u64 {
-    let seeded_in = seed(data, plan, token_endpoint);
+fn seed_and_report(data: &Path, plan: &Plan, token_endpoint: &str, pg: Option<&PgTarget>) -> u64 {
+    let seeded_in = seed(data, plan, token_endpoint, pg);
     let du_seeded = du_kib(data);
     println!(
         "SEEDED {} connections in {:.1} s ({:.0}/s); data directory {:.1} MiB (du)",

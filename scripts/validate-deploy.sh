@@ -8,6 +8,8 @@
 #                                     rendering, cross-references, the ConfigMap's tokend.toml
 #                                     under the image's and the StatefulSet's environment, and
 #                                     that the pod serves gRPC over TLS only
+#   - deploy/kubernetes-ha/           the HA overlay (3 replicas on PostgreSQL): schemas, rendering,
+#                                     what the replicas need (PDB, Secret URL, readiness, egress)
 #   - deploy/prometheus/alerts.yaml   promtool check rules, promtool test rules
 #   - deploy/container/Containerfile  hadolint, and `cargo check --locked` on the build context it
 #                                     sees (no container engine here: the image is not built)
@@ -475,6 +477,77 @@ print(f"probes HTTP on the http port; callback_url {callback}")
 PY
 }
 
+check_k8s_ha() {
+    # The HA overlay (deploy/kubernetes-ha, issue #16): its files and its rendering validate, and
+    # the rendering is what tokend on PostgreSQL needs: a Deployment of 3 (no StatefulSet, no
+    # volume), a PodDisruptionBudget that leaves 2, surge-only rolling updates, readiness on
+    # /readyz, the database URL from a Secret (never a literal), the password and CA from a mounted
+    # Secret, egress to PostgreSQL; and tokend accepts the pod's effective configuration.
+    "$VENV/bin/kubernetes-validate" --strict deploy/kubernetes-ha/deployment.yaml \
+        deploy/kubernetes-ha/poddisruptionbudget.yaml deploy/kubernetes-ha/database-secret.yaml
+    if ! command -v kubectl >/dev/null; then
+        echo "kubectl not installed: cannot render deploy/kubernetes-ha"
+        exit 3
+    fi
+    kubectl kustomize deploy/kubernetes-ha >"$WORK/ha.yaml"
+    "$VENV/bin/kubernetes-validate" --strict "$WORK/ha.yaml"
+    "$PY" - "$WORK/ha.yaml" "$WORK/ha.env" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+errors = []
+def need(cond, msg):
+    if not cond:
+        errors.append(msg)
+need(not any(k == "StatefulSet" for k, _ in by), "the overlay still renders a StatefulSet")
+need(("Service", "tokend-headless") not in by, "the overlay still renders the headless Service")
+need(all(d["metadata"].get("namespace") == "tokend" for d in docs if d["kind"] != "Namespace"), "an object outside namespace tokend")
+dep = by[("Deployment", "tokend")]
+spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+labels = spec["template"]["metadata"]["labels"]
+need(spec["replicas"] == 3, "the Deployment must run 3 replicas")
+ru = spec["strategy"].get("rollingUpdate", {})
+need(spec["strategy"]["type"] == "RollingUpdate" and ru.get("maxUnavailable") == 0, "rolling updates must surge, never go below 3 ready")
+pdb = by[("PodDisruptionBudget", "tokend")]
+need(all(labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items()), "the PDB selects no tokend pod")
+need(pdb["spec"].get("minAvailable") == 2, "the PDB must keep 2 of 3 available")
+svc = by[("Service", "tokend")]
+need(all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()), "Service tokend selects no tokend pod")
+c = pod["containers"][0]
+env = {e["name"]: e for e in c["env"]}
+need(env.get("TOKEND_STORE__BACKEND", {}).get("value") == "postgres", "TOKEND_STORE__BACKEND is not postgres")
+url = env.get("TOKEND_STORE__POSTGRES__URL", {})
+need("value" not in url and url.get("valueFrom", {}).get("secretKeyRef"), "the database URL must come from a Secret")
+mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+vols = {v["name"]: v for v in pod["volumes"]}
+for key in ("TOKEND_STORE__POSTGRES__PASSWORD_FILE", "TOKEND_STORE__POSTGRES__CA_FILE"):
+    path = env.get(key, {}).get("value", "")
+    vol = vols.get(mounts.get(path.rsplit("/", 1)[0], ""), {})
+    need("secret" in vol, f"{key} {path!r} is not in a mounted Secret")
+need(not any("persistentVolumeClaim" in v for v in vols.values()), "the Deployment must not claim a volume")
+need(c["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness must be /readyz (tied to the database)")
+egress = by[("NetworkPolicy", "tokend")]["spec"]["egress"]
+need(any(p.get("port") == 5432 for rule in egress for p in rule.get("ports", [])), "the NetworkPolicy allows no egress to PostgreSQL (5432)")
+with open(sys.argv[2], "w") as f:
+    for name, e in env.items():
+        value = e.get("value", "postgres://tokend@db.example:5432/tokend" if name == "TOKEND_STORE__POSTGRES__URL" else "")
+        f.write(f"{name}={value}\n")
+if errors:
+    print("\n".join(errors))
+    sys.exit(1)
+print("HA overlay: Deployment x3 (surge-only updates), PDB minAvailable 2, /readyz readiness,")
+print("database URL from a Secret, password and CA from a mounted Secret, egress to 5432")
+PY
+    # The pod's effective configuration: the base ConfigMap, the image's ENV, the Deployment's env.
+    k8s_pod_env
+    grep -v '^TOKEND_CONFIG=' "$WORK/ha.env" >>"$WORK/k8s.env"
+    mapfile -t envs <"$WORK/k8s.env"
+    local out
+    out=$(tokend_clean "${envs[@]}" "$TOKEND" check-config)
+    grep -qxF 'backend = "postgres"' <<<"$out" || { echo "$out"; echo "effective config is not on postgres"; return 1; }
+    echo "check-config OK: the HA pod's effective configuration is on postgres"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Prometheus
 # ---------------------------------------------------------------------------------------------
@@ -559,6 +632,7 @@ run_check "kubernetes: kubectl kustomize deploy/kubernetes + validate the render
 run_check "kubernetes: cross-references between manifests" check_k8s_references
 run_check "kubernetes: effective tokend config in the pod" check_k8s_effective_config
 run_check "kubernetes: gRPC only over TLS, probes HTTP, explicit https callback URL" check_k8s_grpc_tls
+run_check "kubernetes: HA overlay deploy/kubernetes-ha (3 replicas on PostgreSQL)" check_k8s_ha
 run_check "prometheus: promtool check rules deploy/prometheus/alerts.yaml" check_prom_rules
 run_check "prometheus: promtool test rules deploy/prometheus/alerts.test.yaml" check_prom_tests
 run_check "prometheus: alert metrics exist in src/metrics.rs" check_prom_metric_names

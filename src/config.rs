@@ -21,7 +21,7 @@ pub mod env;
 mod error;
 mod validate;
 
-pub use choices::{AuthMethod, Grant, LogFormat, Role, UnknownChoice};
+pub use choices::{AuthMethod, Grant, LogFormat, Role, StoreBackend, UnknownChoice};
 pub use error::ConfigError;
 
 /// The whole configuration. Every key, its default and its environment name are listed in the
@@ -35,7 +35,7 @@ pub struct Config {
     pub grpc: GrpcConfig,
     /// The HTTP listener (OAuth callback, health, metrics).
     pub http: HttpConfig,
-    /// The embedded store.
+    /// The store: embedded sled (default) or PostgreSQL.
     pub store: StoreConfig,
     /// Encryption of secrets at rest.
     pub keys: KeysConfig,
@@ -210,14 +210,78 @@ impl Default for SessionConfig {
     }
 }
 
-/// The embedded store.
+/// The store: embedded sled (default) or PostgreSQL.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `sled` (embedded, one process) or `postgres` (several replicas on one database).
+    pub backend: StoreBackend,
     /// sled's page cache, in MiB.
     pub cache_capacity_mb: u64,
     /// sled's background flush interval, in milliseconds.
     pub flush_every_ms: u64,
+    /// The PostgreSQL database, when `backend = "postgres"`.
+    pub postgres: PostgresConfig,
+}
+
+/// The PostgreSQL database (`store.postgres`). `Debug` hides the URL's password.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/database` (environment `TOKEND_STORE__POSTGRES__URL`, e.g. from a
+    /// Kubernetes Secret). May carry the password; better kept in `password_file`.
+    pub url: String,
+    /// A file holding the password (a mounted Secret); wins over a password in the URL.
+    pub password_file: PathBuf,
+    /// Connections per replica (one of them carries the change feed).
+    pub pool_size: u32,
+    /// Bound on opening a connection, in seconds: an unreachable database fails fast.
+    pub connect_timeout_secs: u64,
+    /// Bound on one statement, in seconds; a slower answer counts as unavailable.
+    pub statement_timeout_secs: u64,
+    /// A CA file: TLS is then required and verified (`sslmode=verify-full`), with rustls.
+    pub ca_file: PathBuf,
+    /// The schema holding tokend's tables.
+    pub schema: String,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &crate::store::postgres::pool::redact_url(&self.url))
+            .field("password_file", &self.password_file)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("statement_timeout_secs", &self.statement_timeout_secs)
+            .field("ca_file", &self.ca_file)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The configuration as `check-config` prints it: the database URL's password replaced.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        if !shown.store.postgres.url.is_empty() {
+            shown.store.postgres.url = crate::store::postgres::pool::redact_url(&shown.store.postgres.url);
+        }
+        shown
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            password_file: PathBuf::new(),
+            pool_size: 10,
+            connect_timeout_secs: 5,
+            statement_timeout_secs: 5,
+            ca_file: PathBuf::new(),
+            schema: "public".into(),
+        }
+    }
 }
 
 /// Encryption of secrets at rest.
@@ -450,7 +514,12 @@ impl Default for HttpConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { cache_capacity_mb: 32, flush_every_ms: 500 }
+        Self {
+            backend: StoreBackend::Sled,
+            cache_capacity_mb: 32,
+            flush_every_ms: 500,
+            postgres: PostgresConfig::default(),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The small HTTP listener: the Connected apps landing page ([`crate::web`]) at `/`,
 //! `GET /oauth/callback` (finishes a consent; back to the page when the consent started there,
-//! else a short page), `/healthz` (alive), `/readyz` (store open, engine running) and `/metrics`
-//! (Prometheus text). Every route of the listener is listed in [`router`].
+//! else a short page), `/healthz` (alive), `/readyz` (store reachable, change feed connected,
+//! engine running) and `/metrics` (Prometheus text). Every route of the listener is listed in [`router`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,7 +146,9 @@ fn back_to_page(name: &str) -> Response {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let store_ok = state.admin.engine().store().earliest_due().is_ok();
+    // A shared store (PostgreSQL) must be reachable and its change feed connected: a replica
+    // that cannot hear other replicas' writes should not take traffic.
+    let store_ok = state.admin.engine().store().healthy();
     if state.ready.load(Ordering::Relaxed) && store_ok {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -54,6 +54,9 @@ enum Command {
         #[arg(long)]
         input: PathBuf,
     },
+    /// Apply the PostgreSQL schema migrations this binary knows (`store.backend = "postgres"`),
+    /// ahead of a rolling update; replicas also apply them at start, under the same lock.
+    Migrate,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -105,7 +108,7 @@ fn main() -> ExitCode {
         },
     };
     match command {
-        Command::CheckConfig => match toml::to_string_pretty(&config) {
+        Command::CheckConfig => match toml::to_string_pretty(&config.redacted()) {
             Ok(text) => {
                 println!("{text}");
                 ExitCode::SUCCESS
@@ -121,6 +124,10 @@ fn main() -> ExitCode {
                 done(&format!("imported {count} entries; start tokend with the key the backup was sealed with"))
             }
             Err(e) => fail(&format_args!("import failed: {e}"), e.exit_code()),
+        },
+        Command::Migrate => match backup::migrate(&config) {
+            Ok(version) => done(&format!("database schema at version {version}")),
+            Err(e) => fail(&format_args!("migrate failed: {e}"), e.exit_code()),
         },
         _ => serve(config, cli),
     }

@@ -26,6 +26,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where profiles and tokens are kept (`store.backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// The embedded store in `<data_dir>/store`: zero configuration, one process.
+    #[default]
+    Sled,
+    /// A PostgreSQL database (`store.postgres`), shared by several replicas.
+    Postgres,
+}
+
 /// What a caller may do (`callers[].role`, `tokend mint-token --role`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]

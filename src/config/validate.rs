@@ -42,8 +42,32 @@ impl Config {
             // `parse_endpoint` names the key itself; keep its wording after ours.
             return reject("http.callback_url", why.trim_start_matches("http.callback_url").trim_start_matches(": "));
         }
+        self.check_postgres()?;
         self.check_profiles()?;
         self.check_callers()
+    }
+
+    fn check_postgres(&self) -> Checked {
+        let pg = &self.store.postgres;
+        if self.store.backend != super::StoreBackend::Postgres {
+            return Ok(());
+        }
+        if pg.url.is_empty() {
+            return reject("store.postgres.url", "is required with store.backend = \"postgres\"");
+        }
+        if !(pg.url.starts_with("postgres://") || pg.url.starts_with("postgresql://")) {
+            return reject("store.postgres.url", "must start with postgres:// or postgresql://");
+        }
+        if pg.pool_size < 2 {
+            return reject("store.postgres.pool_size", "must be at least 2 (the change feed holds one connection)");
+        }
+        if pg.connect_timeout_secs == 0 || pg.statement_timeout_secs == 0 {
+            return reject("store.postgres.connect_timeout_secs", "timeouts must be positive");
+        }
+        if !crate::store::postgres::pool::valid_schema(&pg.schema) {
+            return reject("store.postgres.schema", "use lowercase letters, digits and _");
+        }
+        Ok(())
     }
 
     fn check_profiles(&self) -> Checked {

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use super::StartError;
 use super::bootstrap::{ensure_data_dir, open_store};
 use crate::config::Config;
-use crate::store::Store as _;
 
 /// Writes every entry of the store in `config.data_dir` to `out`; returns how many.
 pub fn export(config: &Config, out: &mut dyn Write) -> Result<usize, StartError> {
@@ -87,6 +86,21 @@ pub fn import(config: &Config, input: &mut dyn BufRead) -> Result<usize, StartEr
     let store = open_store(config)?;
     store.restore(&entries).map_err(|e| StartError::Data(e.to_string()))?;
     Ok(entries.len())
+}
+
+/// `tokend migrate`: applies the PostgreSQL schema migrations this binary knows; returns the
+/// schema version now applied. Refused for the sled backend (it upgrades itself at start).
+pub fn migrate(config: &Config) -> Result<i64, StartError> {
+    if config.store.backend != crate::config::StoreBackend::Postgres {
+        return Err(StartError::Config(
+            "tokend migrate is for store.backend = \"postgres\"; the sled store upgrades itself at start".into(),
+        ));
+    }
+    let options = super::bootstrap::postgres_options(config)?;
+    crate::store::PgStore::migrate(&options).map_err(|e| match e {
+        crate::store::StoreError::Unavailable(why) => StartError::Database(format!("cannot reach the database: {why}")),
+        other => StartError::Data(other.to_string()),
+    })
 }
 
 /// Why a backup file could not be written.

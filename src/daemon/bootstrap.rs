@@ -7,9 +7,9 @@ use std::path::Path;
 use zeroize::Zeroizing;
 
 use super::StartError;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::crypto::{self, KeyRing, Purpose};
-use crate::store::{SledOptions, SledStore, Store, StoreError};
+use crate::store::{PgOptions, PgStore, SledOptions, SledStore, Store, StoreError};
 
 use crypto::{CANARY_META_KEY as CANARY_KEY, CANARY_TEXT};
 
@@ -77,8 +77,43 @@ const LOCK_RETRIES: usize = 20;
 const LOCK_PAUSE_MS: u64 = 50;
 const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(LOCK_PAUSE_MS);
 
-/// Opens the store in the data directory.
-pub fn open_store(config: &Config) -> Result<SledStore, StartError> {
+/// Opens the configured store: sled in the data directory, or the PostgreSQL database.
+pub fn open_store(config: &Config) -> Result<Box<dyn Store>, StartError> {
+    match config.store.backend {
+        StoreBackend::Sled => Ok(Box::new(open_sled(config)?)),
+        StoreBackend::Postgres => Ok(Box::new(open_postgres(config)?)),
+    }
+}
+
+/// The PostgreSQL options of `store.postgres` (the password file read now).
+pub fn postgres_options(config: &Config) -> Result<PgOptions, StartError> {
+    let pg = &config.store.postgres;
+    let mut options = PgOptions::new(pg.url.clone());
+    if !pg.password_file.as_os_str().is_empty() {
+        let text = Zeroizing::new(std::fs::read_to_string(&pg.password_file).map_err(|e| {
+            StartError::Config(format!("store.postgres.password_file {}: {e}", pg.password_file.display()))
+        })?);
+        options.password = Some(text.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    options.pool_size = pg.pool_size;
+    options.connect_timeout = std::time::Duration::from_secs(pg.connect_timeout_secs);
+    options.statement_timeout = std::time::Duration::from_secs(pg.statement_timeout_secs);
+    options.ca_file = Some(pg.ca_file.clone()).filter(|p| !p.as_os_str().is_empty());
+    options.schema = pg.schema.clone();
+    Ok(options)
+}
+
+/// Opens the PostgreSQL store (migrating its schema); an unreachable database is
+/// [`StartError::Database`] (retry), a schema newer than this binary [`StartError::Data`].
+pub fn open_postgres(config: &Config) -> Result<PgStore, StartError> {
+    PgStore::open(&postgres_options(config)?).map_err(|e| match e {
+        StoreError::Unavailable(why) => StartError::Database(format!("cannot reach the database: {why}")),
+        other => StartError::Data(format!("opening the database store: {other}")),
+    })
+}
+
+/// Opens the sled store in the data directory.
+pub fn open_sled(config: &Config) -> Result<SledStore, StartError> {
     let options = SledOptions {
         cache_capacity: config.store.cache_capacity_mb * 1024 * 1024,
         flush_every_ms: config.store.flush_every_ms,

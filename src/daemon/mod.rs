@@ -45,16 +45,19 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error("listen: {0}")]
     Listen(String),
+    /// The database (`store.backend = "postgres"`) cannot be reached now; retry.
+    #[error("database: {0}")]
+    Database(String),
 }
 
 impl StartError {
     /// The process exit code (sysexits.h).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Config(_) => 78,              // EX_CONFIG
-            Self::Data(_) | Self::Key(_) => 65, // EX_DATAERR
-            Self::Locked(_) => 75,              // EX_TEMPFAIL
-            Self::Listen(_) => 69,              // EX_UNAVAILABLE
+            Self::Config(_) => 78,                     // EX_CONFIG
+            Self::Data(_) | Self::Key(_) => 65,        // EX_DATAERR
+            Self::Locked(_) | Self::Database(_) => 75, // EX_TEMPFAIL
+            Self::Listen(_) => 69,                     // EX_UNAVAILABLE
         }
     }
 }

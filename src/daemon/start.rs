@@ -52,16 +52,16 @@ pub(super) struct ListenerTls {
 pub(super) fn open_storage(config: &Config, options: &StartOptions) -> Result<(Arc<dyn Store>, KeyRing), StartError> {
     ensure_data_dir(&config.data_dir)?;
     bootstrap::check_permissions(config, options.env_key.is_some())?;
-    let store = bootstrap::open_store(config)?;
+    let store: Arc<dyn Store> = bootstrap::open_store(config)?.into();
     upgrade::upgrade(
-        &store,
+        store.as_ref(),
         crate::store::SCHEMA_VERSION,
         upgrade::MIGRATIONS,
         &config.data_dir,
         options.clock.now_ms(),
     )?;
-    let keys = bootstrap::open_keys(config, &store, options.env_key.clone())?;
-    Ok((Arc::new(store), keys))
+    let keys = bootstrap::open_keys(config, store.as_ref(), options.env_key.clone())?;
+    Ok((store, keys))
 }
 
 /// The gRPC TLS configuration, reloadable, when TLS is on; warns about plain gRPC off loopback.
@@ -113,6 +113,8 @@ pub(super) async fn start_engine(
     let admin = Admin::new(Arc::clone(&engine), Duration::from_secs(config.consent.ttl_secs));
     // Serve first: the cache fills in the background, and a profile not loaded yet is loaded
     // on first use.
+    // The change feed (shared stores only) first: nothing written while the cache warms is missed.
+    engine.spawn_change_feed();
     engine.spawn_warm_up();
     if let Err(e) = admin.expire_consents() {
         tracing::warn!(error = %e, "dropping expired consents failed");
@@ -248,5 +250,12 @@ pub(super) fn engine_settings(config: &Config, http_addr: SocketAddr) -> EngineS
         soft_timeout: Duration::from_secs(config.provider.soft_timeout_secs),
         provider_rate: r.provider_rate_per_sec,
         provider_burst: r.provider_burst,
+        lease: refresh_lease(config),
     }
+}
+
+/// The refresh lease: the longest a refresh can take (two provider requests: the one retry of a
+/// refresh whose answer may have been lost) plus a margin for the write.
+pub(super) fn refresh_lease(config: &Config) -> Duration {
+    Duration::from_secs(config.provider.request_timeout_secs.saturating_mul(2).saturating_add(5))
 }

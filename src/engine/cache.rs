@@ -155,6 +155,11 @@ impl TokenCache {
         all
     }
 
+    /// The names of every cached profile.
+    pub fn names(&self) -> Vec<String> {
+        self.slots.iter().map(|slot| slot.key().clone()).collect()
+    }
+
     /// Number of profiles cached.
     pub fn len(&self) -> usize {
         self.slots.len()

@@ -39,6 +39,8 @@ impl From<StoreError> for EngineError {
         match e {
             StoreError::NotFound(name) => Self::NotFound(name),
             StoreError::Conflict { name, .. } => Self::Aborted(name),
+            // The shared database is down: nothing was written; the caller retries later.
+            StoreError::Unavailable(why) => Self::Unavailable(format!("database unavailable ({why}); retry")),
             other => Self::Storage(other),
         }
     }

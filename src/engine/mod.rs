@@ -12,9 +12,11 @@
 //! about gRPC or HTTP.
 
 mod cache;
+mod coherence;
 mod error;
 mod group_flush;
 mod handout;
+mod lease;
 mod metrics;
 mod policy;
 mod ratelimit;
@@ -79,6 +81,10 @@ pub struct EngineSettings {
     pub provider_rate: f64,
     /// Requests one provider may get in a burst.
     pub provider_burst: u32,
+    /// How long a refresh lease lasts (processes sharing one store): longer than the longest a
+    /// refresh can take (the provider's hard timeout, twice with the one retry), so a live holder
+    /// never loses it, and a dead holder's lease lapses after this.
+    pub lease: Duration,
 }
 
 /// The engine's state. Cheap to share (`Arc<Engine>`).

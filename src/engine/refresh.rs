@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::cache::FlightOutcome;
+use super::lease::Claim;
 use super::write::TokenWriteExtras;
 use super::{Engine, EngineError, status_of};
 use crate::api::pb;
@@ -72,23 +73,41 @@ impl Engine {
         if connection.refresh_token_sealed.is_empty() && profile::grant(&profile) != pb::Grant::ClientCredentials {
             return Err(self.expire_unrenewable(name, connection));
         }
+        // One process at a time calls the provider for a connection (several replicas on one
+        // store): the lease is taken over the version read, so the refresh token used is current.
+        let connection = match self.claim_refresh(name, connection).await? {
+            Claim::Held(connection) => *connection,
+            Claim::Settled => return Ok(()),
+        };
+        let result = self.refresh_leased(name, &profile, connection).await;
+        self.release_refresh(name);
+        result
+    }
+
+    /// A refresh under the lease: open the secrets, call the provider, store the outcome.
+    async fn refresh_leased(
+        self: &Arc<Self>,
+        name: &str,
+        profile: &ProfileRecord,
+        connection: ConnectionRecord,
+    ) -> Result<(), EngineError> {
         // A profile that cannot be used (its client secret does not open, an endpoint was made
         // unusable) is a failure like any other: recorded, backed off, shown; never a due entry
         // the timer would find again at once.
-        let settings = match self.provider_settings(&profile) {
+        let settings = match self.provider_settings(profile) {
             Ok(settings) => settings,
-            Err(e) => return Err(self.record_unusable(&profile, connection, e)),
+            Err(e) => return Err(self.record_unusable(profile, connection, e)),
         };
         let refresh_token = if connection.refresh_token_sealed.is_empty() {
             None
         } else {
             match self.keys.open_secret(Purpose::RefreshToken, name, &connection.refresh_token_sealed) {
                 Ok(token) => Some(token),
-                Err(_) => return Err(self.record_unusable(&profile, connection, EngineError::Sealed(name.to_owned()))),
+                Err(_) => return Err(self.record_unusable(profile, connection, EngineError::Sealed(name.to_owned()))),
             }
         };
         let span = tracing::info_span!("refresh", profile = name);
-        self.call_provider(name, &profile, connection, settings, refresh_token).instrument(span).await
+        self.call_provider(name, profile, connection, settings, refresh_token).instrument(span).await
     }
 
     async fn call_provider(

@@ -127,6 +127,7 @@ fn engine_with_profile(store: Arc<dyn Store>) -> (Arc<Engine>, ProfileRecord) {
         soft_timeout: Duration::from_secs(5),
         provider_rate: 100.0,
         provider_burst: 10,
+        lease: Duration::from_secs(30),
     };
     let provider = Provider::new(ProviderHttp::new(&HttpOptions::default()).unwrap());
     let clock = Arc::new(ManualClock::new(1_000_000_000));

@@ -13,6 +13,8 @@ use secrecy::SecretString;
 
 /// How often a token write retries onto a newer version before giving up.
 const WRITE_ATTEMPTS: usize = 3;
+/// How long a rotated token's write waits before trying an unreachable database again.
+const UNAVAILABLE_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What goes with storing a token set besides the tokens: the consent it finishes (deleted in
 /// the same transaction) and whether it is a new connection (a consent or client credentials)
@@ -79,7 +81,12 @@ impl Engine {
     ) -> Result<ConnectionRecord, EngineError> {
         let name = profile.name.as_str();
         let rotated = tokens.refresh_token.is_some();
-        for _ in 0..WRITE_ATTEMPTS {
+        let mut conflicts = 0;
+        // A rotated refresh token exists only in this answer until it is stored: when the
+        // database is briefly unreachable, keep trying (within half the refresh lease, which this
+        // process holds meanwhile) rather than lose the connection.
+        let hold_until = tokio::time::Instant::now() + self.settings.lease / 2;
+        while conflicts < WRITE_ATTEMPTS {
             let record = self.token_record(profile, &before, &tokens, extras.connected)?;
             let write =
                 ConnectionWrite::replacing(name, &before, record).removing_consent(extras.remove_consent.clone());
@@ -92,7 +99,12 @@ impl Engine {
                     self.warn_refresh_token_expiry(profile, &stored);
                     return Ok(stored);
                 }
+                Err(StoreError::Unavailable(why)) if rotated && tokio::time::Instant::now() < hold_until => {
+                    tracing::warn!(profile = name, error = %why, "storing a rotated token: database unavailable; retrying");
+                    tokio::time::sleep(UNAVAILABLE_RETRY).await;
+                }
                 Err(StoreError::Conflict { .. }) => {
+                    conflicts += 1;
                     let current = self.store.connection(name)?.unwrap_or_default();
                     // A new consent replaces whatever is there. A refresh gives way when another
                     // writer stored a new token set or disconnected meanwhile (their state wins);

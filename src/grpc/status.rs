@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 use crate::admin::AdminError;
 use crate::engine::EngineError;
 use crate::provider::ProviderError;
+use crate::store::StoreError;
 
 /// Maps an administration error to the status that tells the caller what to do.
 pub fn to_status(error: impl Into<AdminError>) -> Status {
@@ -26,6 +27,8 @@ pub fn engine_status(error: &EngineError) -> Status {
         EngineError::Provider(ProviderError::Transient { .. } | ProviderError::BadReply { .. }) => Code::Unavailable,
         EngineError::Provider(_) => Code::FailedPrecondition,
         EngineError::Aborted(_) => Code::Aborted,
+        // The shared database is unreachable (PostgreSQL): nothing was written; retry later.
+        EngineError::Storage(StoreError::Unavailable(_)) => Code::Unavailable,
         EngineError::Storage(_) | EngineError::Sealed(_) | EngineError::SealFailed(_) => Code::Internal,
     };
     if code == Code::Internal {

@@ -8,10 +8,15 @@
 //! (big-endian refresh time, then name) changes in the same transaction as the connection.
 
 pub mod backup;
+mod changes;
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod postgres;
 mod records;
 mod sled_store;
+
+pub use changes::{ChangeFeed, LeaseOutcome, StoreChange};
+pub use postgres::{PgOptions, PgStore};
 
 pub use records::{
     ConnectionRecord, ConsentRecord, DiscoveredRecord, ProfileRecord, RefreshPolicyRecord, SCHEMA_VERSION,
@@ -59,6 +64,11 @@ pub enum StoreError {
     /// The underlying engine failed.
     #[error("storage engine: {0}")]
     Engine(String),
+    /// The database cannot be reached now (connection refused or lost, a timeout): nothing was
+    /// written; retry later. Only a networked backend (PostgreSQL) returns it; callers answer
+    /// `UNAVAILABLE` and keep serving cached tokens.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// One entry of a backup: (tree, key, value).
@@ -193,6 +203,33 @@ pub trait Store: Send + Sync + 'static {
     /// only if it still holds the bytes offered (compare-and-swap), so a concurrent writer always
     /// wins and nothing it wrote is lost. Used to re-seal secrets under a new key.
     fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError>;
+
+    /// Changes written by other processes sharing this store, for keeping an in-memory cache
+    /// coherent (the engine subscribes once, at start). `None` (the default, and sled's answer):
+    /// this process is the only writer, so nothing changes behind its back.
+    fn changes(&self) -> Option<ChangeFeed> {
+        None
+    }
+
+    /// Takes the refresh lease of `name` for `lease`, if the connection is still at `version`
+    /// and no other process holds an unexpired lease on it: the one process that holds it may
+    /// call the provider for that connection. The default (sled: one process) always grants.
+    fn take_lease(&self, name: &str, version: u64, lease: std::time::Duration) -> Result<LeaseOutcome, StoreError> {
+        let _ = (name, version, lease);
+        Ok(LeaseOutcome::Granted)
+    }
+
+    /// Gives back a lease taken with [`Store::take_lease`] (a no-op when not held).
+    fn release_lease(&self, name: &str) -> Result<(), StoreError> {
+        let _ = name;
+        Ok(())
+    }
+
+    /// Whether the store can serve reads and writes now and (for a shared store) its change feed
+    /// is connected, so the cache built from it can be trusted; `/readyz` reports it.
+    fn healthy(&self) -> bool {
+        self.earliest_due().is_ok()
+    }
 }
 
 /// The refresh index key: big-endian time (so keys sort by time), then the name.

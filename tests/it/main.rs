@@ -17,6 +17,7 @@ mod hardening;
 pub mod interop;
 mod keys_backup;
 mod log_scan;
+mod postgres;
 mod refresh_edges;
 mod request_layer;
 mod roles;

@@ -314,6 +314,12 @@ impl Tokend {
     /// Writes the configuration (an admin caller, a short refresh skew, quick backoff) and starts
     /// the daemon; returns once `/readyz` answers.
     pub async fn start() -> Tokend {
+        Self::start_with("").await
+    }
+
+    /// [`Tokend::start`] with `extra` appended to the configuration file (sections other than
+    /// `[refresh]`, `[log]` and `[[callers]]`, e.g. `[store]` for a replica on PostgreSQL).
+    pub async fn start_with(extra: &str) -> Tokend {
         let dir = crate::support::private_tempdir().expect("temp dir");
         let config = dir.path().join("tokend.toml");
         let log = dir.path().join("tokend.log");
@@ -336,7 +342,7 @@ token_sha256 = "{}"
 "#,
             tokend::grpc::auth::hash_token(ADMIN_TOKEN)
         );
-        std::fs::write(&config, text).expect("write config");
+        std::fs::write(&config, format!("{text}\n{extra}")).expect("write config");
         let mut tokend = Tokend { child: None, grpc: free_port(), http: free_port(), dir, config, log };
         // A released port may be taken by someone else before tokend binds it: then new ports.
         for _ in 0..3 {
@@ -419,6 +425,22 @@ token_sha256 = "{}"
         let took = self.stop().await;
         assert!(self.spawn().await, "tokend could not bind its ports again; log:\n{}", tail(&self.log, 40));
         took
+    }
+
+    /// Kills the daemon with SIGKILL: no shutdown, no release of what it holds.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `GET /readyz`'s status code (0: no answer).
+    pub async fn readyz(&self) -> u16 {
+        match http_client().get(format!("http://{}/readyz", self.http)).send().await {
+            Ok(reply) => reply.status().as_u16(),
+            Err(_) => 0,
+        }
     }
 
     /// tokend's OAuth callback, the redirect URI its profiles use by default.

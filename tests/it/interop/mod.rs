@@ -9,6 +9,7 @@
 
 mod fault_proxy;
 pub mod harness;
+mod replicas;
 
 use std::time::{Duration, SystemTime};
 
@@ -531,6 +532,11 @@ async fn lost_rotation_reply_needs_reauthorization() {
 
     step("the server rotates, its reply is lost on the way back");
     proxy.set(Fault::LoseNextReply);
+    // The proxy cuts the connections it passed through (tokend's pooled keep-alive connection
+    // from the consent) in their own tasks: let it, or under load the refresh may go out on the
+    // connection being cut ("reset by peer", no request reaching the server) and only the retry
+    // would reach the server, the reply it loses being the first rotation.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let err = apps.refresh_now(pb::RefreshNowRequest { name: "unlucky".into() }).await.expect_err("rotation lost");
     assert_eq!(proxy.replies_lost(), 1);
     // tokend asked once more with the same refresh token (a maybe-sent failure); this server

@@ -231,3 +231,20 @@ pub async fn settle_async(daemon: &TestDaemon, rounds: usize, mut check: impl As
     }
     check().await
 }
+
+/// Points `config` at a fresh schema of the PostgreSQL test server (`TOKEND_TEST_POSTGRES_URL`,
+/// set by scripts/test.sh). Without it the test fails saying so: never a silent skip.
+pub fn use_postgres(config: &mut Config) -> String {
+    let url = std::env::var("TOKEND_TEST_POSTGRES_URL").unwrap_or_default();
+    assert!(
+        !url.is_empty(),
+        "TOKEND_TEST_POSTGRES_URL is not set: the PostgreSQL tests need a server. Run scripts/test.sh, or \
+         `eval \"$(scripts/pg-test-server.sh start)\"` and then cargo test"
+    );
+    let schema = format!("it_{:016x}", rand::random::<u64>());
+    config.store.backend = tokend::config::StoreBackend::Postgres;
+    config.store.postgres.url = url;
+    config.store.postgres.schema = schema.clone();
+    config.store.postgres.pool_size = 4;
+    schema
+}

@@ -251,8 +251,16 @@ impl Admin {
         }
         if created {
             let connection = ConnectionRecord { status: pb::Status::NotConnected as i32, ..Default::default() };
-            self.engine.store().insert_profile(&record, &connection)?;
-            self.engine.created(&record.name);
+            match self.engine.store().insert_profile(&record, &connection) {
+                Ok(()) => self.engine.created(&record.name),
+                // Another replica on the same database, starting at the same moment from the same
+                // configuration, created it first: ours is the same declaration.
+                Err(crate::store::StoreError::AlreadyExists(_)) => {
+                    self.engine.store().replace_profile(&record)?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else if changed {
             self.engine.store().replace_profile(&record)?;
             let status = self.engine.cached(&record.name).map(|s| s.status).unwrap_or(pb::Status::NotConnected);

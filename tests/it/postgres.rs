@@ -205,3 +205,35 @@ async fn tls_to_the_database_is_verified() {
     eprintln!("another CA: {refused}");
     assert!(refused.contains("certificate") || refused.contains("Unknown"), "refused for the certificate: {refused:?}");
 }
+
+/// `tokend migrate` applies the schema ahead of a rollout (and again is a no-op), prints no
+/// password, and is refused for the sled backend.
+#[test]
+fn migrate_subcommand_applies_the_schema() {
+    let dir = support::private_tempdir().unwrap();
+    let mut config = support::test_config(dir.path());
+    support::use_postgres(&mut config);
+    let url = url::Url::parse(&config.store.postgres.url).unwrap();
+    let mut with_password = url.clone();
+    with_password.set_password(Some("pw-never-printed")).unwrap();
+    let run = |backend: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("migrate")
+            .env("TOKEND_STORE__BACKEND", backend)
+            .env("TOKEND_STORE__POSTGRES__URL", with_password.as_str())
+            .env("TOKEND_STORE__POSTGRES__SCHEMA", &config.store.postgres.schema)
+            .output()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let out = run("postgres");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("database schema at version 1"), "{text}");
+        assert!(!text.contains("pw-never-printed"), "{text}");
+    }
+    let sled = run("sled");
+    assert_eq!(sled.status.code(), Some(78), "{}", String::from_utf8_lossy(&sled.stderr));
+}

@@ -15,6 +15,15 @@ use crate::store::{
     ProfileRecord, RecordRewrite, Rewritten, SealedTree, Store, StoreError,
 };
 
+/// The refresh schedule's filter: no unexpired lease of another process (parameter `$n` is this
+/// process's holder id). Fixed text: nothing from outside reaches it.
+fn not_leased_elsewhere(n: u8) -> String {
+    format!(
+        "(lease_holder = '' OR lease_holder = ${n} \
+         OR lease_until_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
+    )
+}
+
 /// Where a change goes and who wrote it: (channel, this process's holder id).
 type Channel = (String, String);
 
@@ -259,15 +268,20 @@ impl Store for PgStore {
         rows.into_iter().map(|(k, b)| Ok((k, decode("consents", &b)?))).collect()
     }
 
+    /// Due connections that no other replica is refreshing now (an unexpired lease held by
+    /// another process): those are the holder's to finish, and its write reschedules them here
+    /// through the change feed. A lapsed lease (a holder that died) makes its entry due again.
     fn due(&self, up_to: UnixMillis, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
-        let limit = limit_of(limit);
+        let (limit, holder) = (limit_of(limit), self.holder.clone());
         let rows: Vec<(i64, String)> = self.with_pool("reading the refresh schedule", |pool| async move {
-            sqlx::query_as(
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT next_refresh_at_ms, name FROM connections WHERE next_refresh_at_ms > 0 \
-                 AND next_refresh_at_ms <= $1 ORDER BY next_refresh_at_ms, name LIMIT $2",
-            )
+                 AND next_refresh_at_ms <= $1 AND {} ORDER BY next_refresh_at_ms, name LIMIT $2",
+                not_leased_elsewhere(3)
+            )))
             .bind(up_to)
             .bind(limit)
+            .bind(holder)
             .fetch_all(&pool)
             .await
             .map_err(db)
@@ -275,12 +289,16 @@ impl Store for PgStore {
         Ok(rows.into_iter().map(|(at_ms, name)| DueEntry { at_ms, name }).collect())
     }
 
+    /// The earliest entry [`Store::due`] would return (leased elsewhere ones left out).
     fn earliest_due(&self) -> Result<Option<DueEntry>, StoreError> {
+        let holder = self.holder.clone();
         let row: Option<(i64, String)> = self.with_pool("reading the refresh schedule", |pool| async move {
-            sqlx::query_as(
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT next_refresh_at_ms, name FROM connections WHERE next_refresh_at_ms > 0 \
-                 ORDER BY next_refresh_at_ms, name LIMIT 1",
-            )
+                 AND {} ORDER BY next_refresh_at_ms, name LIMIT 1",
+                not_leased_elsewhere(1)
+            )))
+            .bind(holder)
             .fetch_optional(&pool)
             .await
             .map_err(db)

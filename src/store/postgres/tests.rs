@@ -99,3 +99,23 @@ fn writes_reach_other_processes() {
     );
     assert!(b.healthy());
 }
+
+/// The refresh schedule leaves out a connection another process holds the lease of (its
+/// refresh is under way there) and shows it again once the lease is released or lapses; the
+/// holder itself still sees it.
+#[test]
+fn due_leaves_out_what_another_process_refreshes() {
+    let options = test_options();
+    let (a, b) = (PgStore::open(&options).unwrap(), PgStore::open(&options).unwrap());
+    a.insert_profile(&ProfileRecord { name: "p".into(), ..Default::default() }, &ConnectionRecord::default()).unwrap();
+    let before = ConnectionRecord::default();
+    let due_at = ConnectionRecord { next_refresh_at_ms: 500, ..Default::default() };
+    a.write_connection(ConnectionWrite::replacing("p", &before, due_at)).unwrap();
+    assert_eq!(a.take_lease("p", 1, Duration::from_millis(300)).unwrap(), LeaseOutcome::Granted);
+    assert_eq!(a.due(1000, 10).unwrap().len(), 1, "the holder sees it");
+    assert!(b.due(1000, 10).unwrap().is_empty(), "another process leaves it to the holder");
+    assert!(b.earliest_due().unwrap().is_none());
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(b.due(1000, 10).unwrap().len(), 1, "a lapsed lease makes it due again");
+    assert_eq!(b.earliest_due().unwrap().map(|e| e.at_ms), Some(500));
+}

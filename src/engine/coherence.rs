@@ -40,8 +40,10 @@ impl Engine {
         }
     }
 
-    /// Shows a connection read after another process changed it (`None`: the profile is gone).
-    fn show_remote(&self, name: &str, found: Option<ConnectionRecord>) {
+    /// Shows a connection read after another process changed it (`None`: the profile is gone):
+    /// in the cache, and to this process's watchers. Every path that learns of another process's
+    /// write goes through here, so watchers never miss one.
+    pub(super) fn show_remote(&self, name: &str, found: Option<ConnectionRecord>) {
         let previous = self.cache.get(name).map(|slot| Arc::clone(&slot.state.load()));
         match found {
             None => {

@@ -41,9 +41,11 @@ impl Engine {
                         + Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0)).max(WAIT_POLL);
                     while tokio::time::Instant::now() < until {
                         tokio::time::sleep(WAIT_POLL).await;
-                        let current = self.store.connection(name)?.unwrap_or_default();
-                        if current.version != connection.version {
-                            self.cache.set(name, self.slot_state(name, &current));
+                        let current = self.store.connection(name)?;
+                        if current.as_ref().is_none_or(|c| c.version != connection.version) {
+                            // Shown to this process's watchers too: the change feed's notice of
+                            // the same write will find the cache at its version and say nothing.
+                            self.show_remote(name, current);
                             return Ok(Claim::Settled);
                         }
                     }
@@ -65,11 +67,10 @@ impl Engine {
         }
     }
 
-    /// Reads the connection now and shows it in the cache.
+    /// Reads the connection now and shows it in the cache and to watchers.
     fn show_current(&self, name: &str) -> Result<(), EngineError> {
-        if let Some(current) = self.store.connection(name)? {
-            self.cache.set(name, self.slot_state(name, &current));
-        }
+        let current = self.store.connection(name)?;
+        self.show_remote(name, current);
         Ok(())
     }
 }

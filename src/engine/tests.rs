@@ -16,7 +16,8 @@ use crate::api::pb::profile_event::Kind;
 use crate::clock::{FixedJitter, ManualClock, UnixMillis};
 use crate::provider::{HttpOptions, ProviderHttp, TokenSet};
 use crate::store::{
-    ConnectionWrite, DueEntry, DumpEntry, EntryVisit, RecordRewrite, Rewritten, SealedTree, SledStore, StoreError,
+    ConnectionWrite, DueEntry, DumpEntry, EntryVisit, LeaseOutcome, RecordRewrite, Rewritten, SealedTree, SledStore,
+    StoreError,
 };
 
 /// A sled store whose `flush` waits while the gate is closed: the window between a write and
@@ -24,12 +25,22 @@ use crate::store::{
 struct GatedStore {
     inner: SledStore,
     gate: Arc<(Mutex<bool>, Condvar)>,
+    /// When set, every refresh lease is held by "another replica" (sled would always grant it).
+    lease_elsewhere: std::sync::atomic::AtomicBool,
+    /// How many times a lease was asked for.
+    lease_asks: std::sync::atomic::AtomicUsize,
 }
 
 impl GatedStore {
     fn new() -> (Arc<Self>, Gate) {
         let gate = Arc::new((Mutex::new(true), Condvar::new()));
-        (Arc::new(Self { inner: SledStore::temporary().unwrap(), gate: Arc::clone(&gate) }), Gate(gate))
+        let store = Self {
+            inner: SledStore::temporary().unwrap(),
+            gate: Arc::clone(&gate),
+            lease_elsewhere: std::sync::atomic::AtomicBool::new(false),
+            lease_asks: std::sync::atomic::AtomicUsize::new(0),
+        };
+        (Arc::new(store), Gate(gate))
     }
 }
 
@@ -112,6 +123,13 @@ impl Store for GatedStore {
     fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError> {
         self.inner.rewrite_records(tree, rewrite)
     }
+    fn take_lease(&self, name: &str, version: u64, lease: Duration) -> Result<LeaseOutcome, StoreError> {
+        self.lease_asks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.lease_elsewhere.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(LeaseOutcome::HeldElsewhere { remaining_ms: 10_000 });
+        }
+        self.inner.take_lease(name, version, lease)
+    }
 }
 
 const FIRST_KEY: [u8; 32] = [7; 32];
@@ -119,6 +137,21 @@ const SECOND_KEY: [u8; 32] = [9; 32];
 
 /// An engine over `store` with one profile, "p", created (not connected).
 fn engine_with_profile(store: Arc<dyn Store>) -> (Arc<Engine>, ProfileRecord) {
+    let engine = engine_over(store);
+    let profile = ProfileRecord {
+        name: "p".into(),
+        provider: "custom".into(),
+        client_id: "client".into(),
+        token_endpoint: "http://127.0.0.1:1/token".into(),
+        ..Default::default()
+    };
+    engine.store().insert_profile(&profile, &ConnectionRecord::default()).unwrap();
+    engine.created("p");
+    (engine, profile)
+}
+
+/// An engine over `store` (a second one over the same store plays another replica).
+fn engine_over(store: Arc<dyn Store>) -> Arc<Engine> {
     let settings = EngineSettings {
         callback_url: "http://127.0.0.1:1/oauth/callback".into(),
         allow_insecure_http: true,
@@ -132,17 +165,7 @@ fn engine_with_profile(store: Arc<dyn Store>) -> (Arc<Engine>, ProfileRecord) {
     let provider = Provider::new(ProviderHttp::new(&HttpOptions::default()).unwrap());
     let clock = Arc::new(ManualClock::new(1_000_000_000));
     let keys = Arc::new(KeyRing::single(&FIRST_KEY));
-    let engine = Engine::new(store, keys, provider, clock, Arc::new(FixedJitter(0.5)), settings);
-    let profile = ProfileRecord {
-        name: "p".into(),
-        provider: "custom".into(),
-        client_id: "client".into(),
-        token_endpoint: "http://127.0.0.1:1/token".into(),
-        ..Default::default()
-    };
-    engine.store().insert_profile(&profile, &ConnectionRecord::default()).unwrap();
-    engine.created("p");
-    (engine, profile)
+    Engine::new(store, keys, provider, clock, Arc::new(FixedJitter(0.5)), settings)
 }
 
 fn tokens(access: &str, refresh: Option<&str>) -> TokenSet {
@@ -505,4 +528,37 @@ async fn token_watchers_leave_nothing_behind() {
     assert_eq!(engine.token_watchers.len(), 1, "one watcher left");
     drop(second.updates(0));
     assert_eq!(engine.token_watchers.len(), 0);
+}
+
+/// Regression (found merging #16 with the per-profile token watchers): a replica whose refresh
+/// waits on another replica's lease, and finds that replica's write by looking at the store, must
+/// show the new token to its own watchers. It only set its cache; the change feed's notice of the
+/// same write then found the cache already at that version and published nothing, so this
+/// replica's watch streams kept the old token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_on_another_replicas_refresh_wakes_local_watchers() {
+    let (store, _gate) = GatedStore::new();
+    let (engine, profile) = engine_with_profile(Arc::clone(&store) as Arc<dyn Store>);
+    let other_replica = engine_over(Arc::clone(&store) as Arc<dyn Store>);
+    let connected = connect(&engine, &profile, "a1", Some("r1")).await;
+    let updates = engine.watch_token("p").updates(connected.token_version);
+    tokio::pin!(updates);
+    store.lease_elsewhere.store(true, std::sync::atomic::Ordering::SeqCst);
+    let waiting = {
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move { engine.refresh_shared("p").await.map(|_| ()) })
+    };
+    // Once this replica found the lease held and waits, the holder's refresh lands in the store.
+    while store.lease_asks.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let extras = TokenWriteExtras::default();
+    other_replica.store_tokens(&profile, connected, tokens("a2", Some("r2")), extras, Kind::Refreshed).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), updates.next()).await;
+    match next {
+        Ok(Some(TokenUpdate::Token(token))) => assert_eq!(token.token_version, 2),
+        other => panic!("the local watcher missed the other replica's refresh: {other:?}"),
+    }
+    assert_eq!(served(&engine).as_deref(), Some("a2"));
+    waiting.await.unwrap().unwrap();
 }

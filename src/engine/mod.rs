@@ -35,7 +35,7 @@ pub use handout::Handout;
 pub use metrics::{EngineMetrics, EngineSnapshot, OutcomeLabel, TransitionLabel, status_label};
 pub use policy::RefreshPolicy;
 pub use scheduler::{Chore, Scheduler, SchedulerError};
-pub use watch::{MissedEvents, TokenUpdate};
+pub use watch::{MissedEvents, TokenUpdate, TokenWatch};
 pub use write::TokenWriteExtras;
 
 use crate::api::pb;
@@ -91,8 +91,10 @@ pub struct Engine {
     settings: EngineSettings,
     /// What the hand-out path reads: one slot per profile.
     cache: TokenCache,
-    /// Every profile change, for watch streams; lagging receivers skip ahead.
+    /// Every profile change, for `WatchProfiles` (a receiver that falls behind is told).
     events: broadcast::Sender<ProfileChange>,
+    /// Token watchers by profile: woken by any change to that profile only.
+    token_watchers: dashmap::DashMap<String, tokio::sync::watch::Sender<()>>,
     /// Wakes the scheduler when a write makes a refresh due earlier than it planned for.
     wake: Notify,
     /// Bounds refreshes running at once (scheduled and on-demand alike).
@@ -148,6 +150,7 @@ impl Engine {
             settings,
             cache: TokenCache::default(),
             events,
+            token_watchers: dashmap::DashMap::new(),
             wake: Notify::new(),
             refresh_permits: Semaphore::new(permits),
             metrics: EngineMetrics::default(),
@@ -353,6 +356,7 @@ impl Engine {
             tracing::info!(profile = name, from = previous.as_str_name(), to = status.as_str_name(), "status changed");
             self.metrics.count_transition(previous, status);
         }
+        self.wake_token_watchers(name);
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(ProfileChange { name: name.to_owned(), kind, previous_status: previous, status });
     }

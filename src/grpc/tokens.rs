@@ -82,22 +82,21 @@ impl Tokens for TokensService {
         let min = min_valid_for(request.min_valid_for.as_ref())?;
         let name = request.name;
         // Subscribe first, so a refresh between the first answer and the subscription is seen.
-        let subscription = self.engine.subscribe();
+        let token_watch = self.engine.watch_token(&name);
         let first = self.engine.access_token(&name, min).await.map_err(to_status)?;
         current.load().handouts.record(&name, first.at_ms, first.token.token_version);
         let engine = Arc::clone(&self.engine);
         let stream_name = name.clone();
-        let updates =
-            self.engine.token_updates(name.clone(), first.token.token_version, subscription).map(move |update| {
-                match update {
-                    TokenUpdate::Deleted => Err(Status::not_found(format!("profile {stream_name:?} was deleted"))),
-                    TokenUpdate::Token(token) => {
-                        // The caller as it now stands: a reload's audit writer reads that one's tallies.
-                        current.load().handouts.record(&stream_name, engine.clock().now_ms(), token.token_version);
-                        Ok(reply(stream_name.clone(), &token))
-                    }
+        let updates = token_watch.updates(first.token.token_version).map(move |update| {
+            match update {
+                TokenUpdate::Deleted => Err(Status::not_found(format!("profile {stream_name:?} was deleted"))),
+                TokenUpdate::Token(token) => {
+                    // The caller as it now stands: a reload's audit writer reads that one's tallies.
+                    current.load().handouts.record(&stream_name, engine.clock().now_ms(), token.token_version);
+                    Ok(reply(stream_name.clone(), &token))
                 }
-            });
+            }
+        });
         let replies = Box::pin(tokio_stream::once(Ok(reply(name.clone(), &first.token))).chain(updates));
         let allowed = Box::new(move |caller: &crate::access::Caller| Ok(caller.require_token(&name)?));
         Ok(Response::new(bound_to_caller(replies, watch, allowed, self.shutdown.clone())))

@@ -543,14 +543,15 @@ async fn watch_access_token_streams_rotations() {
         .expect("watch")
         .into_inner();
     let first = stream.message().await.expect("first").expect("some");
-    for _ in 0..2 {
-        apps.refresh_now(pb::RefreshNowRequest { name: "mail-watch".into() }).await.expect("refresh");
-    }
+    // One refresh at a time: the stream sends the newest token, so two refreshes done before it
+    // reads the first event would reach it as one (by design, #17).
+    apps.refresh_now(pb::RefreshNowRequest { name: "mail-watch".into() }).await.expect("refresh");
     let second = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
         .expect("in time")
         .expect("ok")
         .expect("some");
+    apps.refresh_now(pb::RefreshNowRequest { name: "mail-watch".into() }).await.expect("refresh");
     let third = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
         .expect("in time")

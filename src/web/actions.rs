@@ -158,7 +158,8 @@ pub async fn edit(
 ) -> Result<Response, WebError> {
     let signed = authorize(&web, &headers, &form.csrf, "UpdateProfile", &name)?;
     let mask = ProfileForm::mask();
-    let result = match web.admin().update_profile(&form.to_profile(&name), Some(&mask)).await {
+    let stored_options = web.admin().get_profile(&name).map(|v| v.profile.provider_options).unwrap_or_default();
+    let result = match web.admin().update_profile(&form.to_update(&name, &stored_options), Some(&mask)).await {
         Ok(_) => Ok(to(format!("/profiles/{name}?notice=saved&name={name}"))),
         Err(e) => {
             let secret_set = web.admin().get_profile(&name).is_ok_and(|v| !v.profile.client_secret_sealed.is_empty());

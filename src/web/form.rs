@@ -161,6 +161,16 @@ impl ProfileForm {
         }
     }
 
+    /// The `Profile` message of an edit: [`Self::to_profile`], keeping the stored provider
+    /// options this form does not show (it shows `tenant` only; the update replaces the map).
+    pub fn to_update(&self, name: &str, stored_options: &std::collections::BTreeMap<String, String>) -> pb::Profile {
+        let mut profile = self.to_profile(name);
+        for (key, value) in stored_options.iter().filter(|(key, _)| key.as_str() != "tenant") {
+            profile.provider_options.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+        profile
+    }
+
     /// The update mask of an edit: the fields this form shows.
     pub fn mask() -> FieldMask {
         FieldMask { paths: MASK.iter().map(|p| (*p).to_owned()).collect() }
@@ -195,6 +205,13 @@ mod tests {
         let record = ProfileRecord { name: "x".into(), client_secret_sealed: vec![1, 2], ..Default::default() };
         assert!(ProfileForm::of_record(&record).client_secret.is_empty());
         assert!(form.redisplay().client_secret.is_empty());
+        // An edit keeps the options the form does not show, and takes `tenant` from the form.
+        let stored = [("tenant".to_owned(), "old".to_owned()), ("other".to_owned(), "kept".to_owned())].into();
+        let edit = ProfileForm { tenant: "new".into(), ..ProfileForm::blank() }.to_update("x", &stored);
+        assert_eq!(edit.provider_options.get("other").map(String::as_str), Some("kept"));
+        assert_eq!(edit.provider_options.get("tenant").map(String::as_str), Some("new"));
+        let cleared = ProfileForm::blank().to_update("x", &stored);
+        assert!(!cleared.provider_options.contains_key("tenant"), "a tenant emptied in the form is removed");
         let bad = ProfileForm { grant: "nope".into(), ..ProfileForm::blank() };
         assert!(pb::Grant::try_from(bad.to_profile("x").grant).is_err());
     }

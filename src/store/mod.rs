@@ -232,6 +232,27 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// The `meta` key holding the record schema version.
+pub(crate) const SCHEMA_KEY: &str = "schema_version";
+
+/// Checks the record schema version a store holds in `meta`: writes ours when there is none,
+/// refuses a newer one (a newer tokend wrote records this one may not read). Every backend runs
+/// it when it opens.
+pub(crate) fn check_record_schema(store: &dyn Store) -> Result<(), StoreError> {
+    match store.meta(SCHEMA_KEY)? {
+        None => store.set_meta(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes()),
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt { tree: "meta", detail: SCHEMA_KEY.into() })?;
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
+            }
+            Ok(())
+        }
+    }
+}
+
 /// The refresh index key: big-endian time (so keys sort by time), then the name.
 pub fn due_key(at_ms: UnixMillis, name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + name.len());

@@ -13,11 +13,9 @@ use sled::{Transactional, Tree};
 
 use super::{
     ConnectionRecord, ConnectionWrite, ConsentRecord, DueEntry, DumpEntry, EntryVisit, ProfileRecord, RecordRewrite,
-    Rewritten, SCHEMA_VERSION, SealedTree, Store, StoreError, due_key, parse_due_key,
+    Rewritten, SealedTree, Store, StoreError, due_key, parse_due_key,
 };
 use crate::clock::UnixMillis;
-
-const SCHEMA_KEY: &str = "schema_version";
 
 /// How to open the sled store.
 #[derive(Debug, Clone)]
@@ -97,23 +95,8 @@ impl SledStore {
             meta: tree("meta")?,
             db,
         };
-        store.check_schema()?;
+        super::check_record_schema(&store)?;
         Ok(store)
-    }
-
-    fn check_schema(&self) -> Result<(), StoreError> {
-        match self.meta(SCHEMA_KEY)? {
-            None => self.set_meta(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes()),
-            Some(bytes) => {
-                let found = <[u8; 4]>::try_from(bytes.as_slice())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt { tree: "meta", detail: "schema_version".into() })?;
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
-                }
-                Ok(())
-            }
-        }
     }
 }
 
@@ -334,7 +317,7 @@ impl Store for SledStore {
             return Err(StoreError::Corrupt { tree: "backup", detail: format!("unknown tree {unknown:?}") });
         }
         self.rebuild_refresh_index()?;
-        self.check_schema()?;
+        super::check_record_schema(self)?;
         self.flush()
     }
 
@@ -481,7 +464,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), &SledOptions::default()).unwrap();
         assert!(matches!(SledStore::open(dir.path(), &SledOptions::default()), Err(StoreError::Locked(_))));
-        store.set_meta(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+        store.set_meta(crate::store::SCHEMA_KEY, &(crate::store::SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
         store.flush().unwrap();
         drop(store);
         assert!(matches!(SledStore::open(dir.path(), &SledOptions::default()), Err(StoreError::TooNew { .. })));

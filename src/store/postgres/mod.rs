@@ -138,19 +138,7 @@ impl PgStore {
 
     /// The record schema version in `meta`: written when missing, refused when newer.
     fn check_record_schema(&self) -> Result<(), StoreError> {
-        use super::{SCHEMA_VERSION, Store as _};
-        match self.meta("schema_version")? {
-            None => self.set_meta("schema_version", &SCHEMA_VERSION.to_be_bytes()),
-            Some(bytes) => {
-                let found = <[u8; 4]>::try_from(bytes.as_slice())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt { tree: "meta", detail: "schema_version".into() })?;
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::TooNew { found, supported: SCHEMA_VERSION });
-                }
-                Ok(())
-            }
-        }
+        super::check_record_schema(self)
     }
 
     /// Starts the change feed and waits (at most `wait`) until it listens, so that nothing

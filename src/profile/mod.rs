@@ -20,7 +20,7 @@ use crate::store::{DiscoveredRecord, ProfileRecord, RefreshPolicyRecord};
 
 pub use destinations::{HeldTokens, check_redirect};
 pub use discovered::{names_issuer, to_record as discovered_record, wants_discovery};
-pub use view::{action, status_label, to_api};
+pub use view::{action, human_span, status_label, to_api};
 
 /// Longest description, scope list entry, or other free text accepted.
 const MAX_TEXT: usize = 1024;

@@ -73,6 +73,21 @@ pub fn to_api(record: &ProfileRecord, connection: &ConnectionRecord) -> pb::Prof
     }
 }
 
+/// A span of seconds for people, largest two units: `42s`, `54m{sep}12s`, `3h{sep}02m`,
+/// `2d{sep}05h`. The landing page separates the units with a space, tokenctl with none.
+pub fn human_span(secs: i64, sep: &str) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    if secs < 60 {
+        format!("{s}s")
+    } else if secs < 3600 {
+        format!("{m}m{sep}{s:02}s")
+    } else if secs < 86_400 {
+        format!("{h}h{sep}{m:02}m")
+    } else {
+        format!("{d}d{sep}{h:02}h")
+    }
+}
+
 /// A status as people read it: the words the landing page and `tokenctl list` show (never a
 /// colour alone).
 pub fn status_label(status: pb::Status) -> &'static str {

@@ -138,19 +138,7 @@ fn status_class(status: pb::Status) -> &'static str {
 /// A span of seconds for people: `42s`, `54m 12s`, `3h 02m`, `2d 05h`; `expired` at or below 0.
 /// The script formats the countdown the same way.
 pub fn human(secs: i64) -> String {
-    if secs <= 0 {
-        return "expired".to_owned();
-    }
-    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    if secs < 60 {
-        format!("{s}s")
-    } else if secs < 3600 {
-        format!("{m}m {s:02}s")
-    } else if secs < 86_400 {
-        format!("{h}h {m:02}m")
-    } else {
-        format!("{d}d {h:02}h")
-    }
+    if secs <= 0 { "expired".to_owned() } else { crate::profile::human_span(secs, " ") }
 }
 
 /// The sign-in form.

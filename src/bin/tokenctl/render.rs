@@ -15,16 +15,7 @@ pub(crate) fn now_secs() -> i64 {
 
 /// A span of seconds for people: `42s`, `59m12s`, `3h02m`, `2d05h`.
 pub(crate) fn human(secs: i64) -> String {
-    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    if secs < 60 {
-        format!("{s}s")
-    } else if secs < 3600 {
-        format!("{m}m{s:02}s")
-    } else if secs < 86_400 {
-        format!("{h}h{m:02}m")
-    } else {
-        format!("{d}d{h:02}h")
-    }
+    tokend::profile::human_span(secs, "")
 }
 
 /// Time left until `ts` (`past` once it has passed; blank when unset).

@@ -31,7 +31,6 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 fn server() -> Server {
     Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         // One span per RPC, so every event of a call (refresh included) names the method.
         .trace_fn(|request| tracing::debug_span!("rpc", method = %request.uri().path()))
@@ -41,12 +40,28 @@ fn server() -> Server {
 /// Each has `TCP_NODELAY` set, as tonic's `Server::serve(addr)` sets it by default and
 /// `serve_with_incoming*` does not (issue #18): without it Nagle's algorithm holds back the
 /// second small write of a reply until the client's delayed ACK (about 40 ms on Linux), and a
-/// caller making one call at a time waits that long. TCP keepalive is left off, as tonic's
-/// default is: the configuration has no key for it, and HTTP/2 pings (`server()`) find dead
-/// peers.
+/// caller making one call at a time waits that long.
+///
+/// Dead peers (a worker's host gone without closing its connection, leaving watch streams
+/// open) are found by TCP keepalive: probes after [`KEEPALIVE_IDLE`] of silence, every
+/// [`KEEPALIVE_INTERVAL`], the connection dropped after [`KEEPALIVE_PROBES`] unanswered, about
+/// a minute in all. The kernel sends them, so a busy connection pays nothing; HTTP/2 pings,
+/// which tokend used before (#17), cost a lock and a clock read on every frame received. A
+/// dead peer on the Unix socket is always noticed (its end closes with its process).
 pub(crate) fn tcp_incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(KEEPALIVE_IDLE))
+        .with_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .with_keepalive_retries(Some(KEEPALIVE_PROBES))
 }
+
+/// Silence on a gRPC TCP connection before the first keepalive probe.
+pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between unanswered keepalive probes.
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes after which the connection is dropped.
+pub(crate) const KEEPALIVE_PROBES: u32 = 3;
 
 /// The HTTP listener, as axum accepts from it; each connection has `TCP_NODELAY` set, for the
 /// reason given at [`tcp_incoming`] (axum 0.8 sets no socket option itself).
@@ -262,18 +277,28 @@ mod tests {
     /// Plain gRPC: the server side of an accepted connection has `TCP_NODELAY` set (issue #18:
     /// without it, Nagle's algorithm meets the client's delayed ACK and a call waits ~40 ms).
     #[tokio::test]
-    async fn grpc_tcp_connections_have_nodelay() {
+    async fn grpc_tcp_connections_have_nodelay_and_keepalive() {
         let (listener, addr) = loopback().await;
         let mut incoming = tcp_incoming(listener);
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), incoming.next());
         let _client = client.expect("connect");
         let server = accepted.expect("a connection").expect("accepted");
         assert!(server.nodelay().expect("read TCP_NODELAY"), "TCP_NODELAY is off on an accepted gRPC connection");
+        assert_keepalive(&server);
+    }
+
+    /// Dead peers are found by TCP keepalive with tokend's timings (HTTP/2 pings are off).
+    fn assert_keepalive(stream: &TcpStream) {
+        let socket = socket2::SockRef::from(stream);
+        assert!(socket.keepalive().expect("read SO_KEEPALIVE"), "SO_KEEPALIVE is off on an accepted gRPC connection");
+        assert_eq!(socket.tcp_keepalive_time().expect("read TCP_KEEPIDLE"), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval().expect("read TCP_KEEPINTVL"), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().expect("read TCP_KEEPCNT"), KEEPALIVE_PROBES);
     }
 
     /// gRPC over TLS: the TCP socket under an accepted TLS connection has `TCP_NODELAY` set.
     #[tokio::test]
-    async fn grpc_tls_connections_have_nodelay() {
+    async fn grpc_tls_connections_have_nodelay_and_keepalive() {
         let (listener, addr) = loopback().await;
         let (server_config, client_config) = tls_pair();
         let shutdown = CancellationToken::new();
@@ -290,6 +315,7 @@ mod tests {
         let server = accepted.expect("a connection").expect("handshake");
         let (tcp, _) = server.get_ref();
         assert!(tcp.nodelay().expect("read TCP_NODELAY"), "TCP_NODELAY is off on an accepted TLS connection");
+        assert_keepalive(tcp);
         shutdown.cancel();
     }
 

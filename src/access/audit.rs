@@ -24,7 +24,8 @@ struct Tally {
 /// One caller's hand-out tallies, by profile.
 #[derive(Debug, Default)]
 pub struct HandoutTallies {
-    by_profile: DashMap<String, Arc<Tally>>,
+    /// foldhash, not SipHash: looked up on every hand-out, keyed by names the caller may have.
+    by_profile: DashMap<String, Arc<Tally>, foldhash::fast::RandomState>,
 }
 
 impl HandoutTallies {

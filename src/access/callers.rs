@@ -4,6 +4,7 @@
 //! the body is decoded, and attaches the [`Caller`] that handlers read with [`caller`].
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -11,6 +12,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
+use siphasher::sip128::{Hasher128 as _, SipHasher24};
 use tokio::sync::watch;
 
 use crate::config::CallerConfig;
@@ -58,7 +60,10 @@ pub struct Caller {
     /// The glob set's verdict per profile name already asked for: a consumer asks for the same
     /// few profiles many times a second, and a lookup is cheaper than matching the set again.
     /// Bounded by [`MATCH_CACHE_LIMIT`]; rebuilt with the caller on reload.
-    matched: DashMap<Box<str>, bool>,
+    /// Hashed with foldhash, seeded per process (a caller cannot aim names at one bucket
+    /// without the seed, and the bound above caps the damage if it could): it is asked on
+    /// every hand-out, and costs a fraction of SipHash.
+    matched: DashMap<Box<str>, bool, foldhash::fast::RandomState>,
     /// Entries in `matched` (`DashMap::len` would lock every shard).
     matched_len: AtomicUsize,
     /// Bytes of the names in `matched`, bounded by [`MATCH_CACHE_BYTES`].
@@ -124,6 +129,72 @@ struct Table {
     by_hash: HashMap<[u8; 32], Arc<Caller>>,
     by_dns_name: HashMap<String, Arc<Caller>>,
     by_uid: HashMap<u32, Arc<Caller>>,
+    /// Bearer tokens this table has already accepted, by their [`TokenKey`]: the hot path's
+    /// index (see [`Callers::identify_token`]). Starts empty; holds at most one entry per
+    /// configured token hash (only a token whose SHA-256 is configured gets in), and goes with
+    /// the table on reload, so no entry outlives the caller it names.
+    recognized: ArcSwap<HashMap<u128, Recognized, KeyHasher>>,
+}
+
+/// A bearer token already accepted: its caller, and its credential (the SHA-256 the
+/// configuration names it by).
+#[derive(Debug, Clone)]
+struct Recognized {
+    caller: Arc<Caller>,
+    digest: [u8; 32],
+}
+
+/// Hashes a [`TokenKey`], which is already uniformly distributed, by taking its low 64 bits:
+/// no second hash over a pseudo-random value.
+type KeyHasher = BuildHasherDefault<LowBits>;
+
+/// See [`KeyHasher`].
+#[derive(Default)]
+struct LowBits(u64);
+
+impl Hasher for LowBits {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+
+    /// Not reached for `u128` keys; folds anything else in (FNV-1a) rather than ignore it.
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A keyed 128-bit SipHash-2-4 of a bearer token, under a key drawn at start-up and never
+/// shown: the index of tokens already accepted. SipHash is a pseudo-random function, so
+/// without the key nobody can find a second token with the same index, nor learn anything
+/// about a token from it; and it costs a few hundred instructions where SHA-256 costs a few
+/// thousand on a CPU without SHA extensions (the SHA-256 still proves each token once).
+#[derive(Clone)]
+struct TokenKey {
+    key: [u8; 16],
+}
+
+impl TokenKey {
+    fn random() -> Self {
+        Self { key: rand::random() }
+    }
+
+    fn of(&self, token: &str) -> u128 {
+        let mut hasher = SipHasher24::new_with_key(&self.key);
+        hasher.write(token.as_bytes());
+        hasher.finish128().as_u128()
+    }
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
 }
 
 /// How a caller proved who it is. Kept by whatever outlives one request (a watch stream, a
@@ -158,12 +229,20 @@ impl Credential {
 }
 
 /// Every configured caller; swapped whole when the configuration is reloaded (SIGHUP).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Callers {
     table: Arc<ArcSwap<Table>>,
     /// Counts the replacements of `table`: what outlives a request (a watch stream, a session)
     /// waits on it to look its caller up again ([`super::CallerWatch`]).
     generation: Arc<watch::Sender<u64>>,
+    /// The key of the accepted-token index; one per process.
+    token_key: TokenKey,
+}
+
+impl Default for Callers {
+    fn default() -> Self {
+        Self::new(&[])
+    }
 }
 
 fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -189,7 +268,7 @@ fn build(configs: &[CallerConfig]) -> Table {
             name: config.name.clone(),
             role,
             profiles,
-            matched: DashMap::new(),
+            matched: DashMap::default(),
             matched_len: AtomicUsize::new(0),
             matched_bytes: AtomicUsize::new(0),
             handouts: Default::default(),
@@ -210,7 +289,11 @@ fn build(configs: &[CallerConfig]) -> Table {
 impl Callers {
     /// Builds the table; the configuration was validated already, so bad entries are skipped.
     pub fn new(configs: &[CallerConfig]) -> Self {
-        Self { table: Arc::new(ArcSwap::from_pointee(build(configs))), generation: Default::default() }
+        Self {
+            table: Arc::new(ArcSwap::from_pointee(build(configs))),
+            generation: Default::default(),
+            token_key: TokenKey::random(),
+        }
     }
 
     /// Replaces every caller (a reloaded configuration). Requests in progress keep theirs;
@@ -259,6 +342,27 @@ impl Callers {
     pub fn authenticate(&self, token: &str) -> Option<Arc<Caller>> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.table.load().by_hash.get(&digest).cloned()
+    }
+
+    /// The caller presenting bearer `token` and its credential, for every gRPC call. A token
+    /// accepted before is found by its keyed SipHash ([`TokenKey`]) without hashing it with
+    /// SHA-256 again; any other is proven by its SHA-256 (so time taken does not depend on how
+    /// much of a guessed token is right) and, when a caller has it, remembered.
+    pub fn identify_token(&self, token: &str) -> Option<(Arc<Caller>, Credential)> {
+        let table = self.table.load();
+        let key = self.token_key.of(token);
+        if let Some(known) = table.recognized.load().get(&key) {
+            return Some((Arc::clone(&known.caller), Credential::Token(known.digest)));
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let caller = table.by_hash.get(&digest)?;
+        // Copy on write: at most one insert per configured token in the table's lifetime.
+        table.recognized.rcu(|known| {
+            let mut known = HashMap::clone(known);
+            known.insert(key, Recognized { caller: Arc::clone(caller), digest });
+            known
+        });
+        Some((Arc::clone(caller), Credential::Token(digest)))
     }
 
     /// The caller whose TLS client certificate (already verified against the client CA by the
@@ -358,5 +462,44 @@ mod tests {
         let bytes: usize = consumer.matched.iter().map(|e| e.key().len()).sum();
         assert!(bytes <= MATCH_CACHE_BYTES && bytes + 60 > MATCH_CACHE_BYTES, "{bytes} bytes remembered");
         assert_eq!(consumer.matched_bytes.load(Ordering::Relaxed), bytes);
+    }
+
+    /// The accepted-token index answers exactly as the SHA-256 table does: the same caller and
+    /// credential for a known token, the first time and after; nothing for an unknown or a
+    /// nearly right token (which never enters the index); nothing once a reload removed the
+    /// caller; and one entry per configured token however often it is presented.
+    #[test]
+    fn accepted_tokens_are_remembered_only_while_their_caller_exists() {
+        let callers = Callers::new(&[config("consumer", "c-token", &["mail-*"]), config("admin", "a-token", &[])]);
+        let recognized = |callers: &Callers| callers.table.load().recognized.load().len();
+        for round in 0..3 {
+            let (caller, credential) = callers.identify_token("c-token").expect("a configured token");
+            assert_eq!(caller.name, "consumer-caller", "round {round}");
+            assert_eq!(credential, Credential::of_token("c-token"), "round {round}");
+            assert!(Arc::ptr_eq(&caller, &callers.authenticate("c-token").expect("the same caller")));
+        }
+        assert_eq!(recognized(&callers), 1, "one entry for one token presented three times");
+        for wrong in ["c-tokeN", "c-toke", "c-token ", "", "a-token\0"] {
+            assert!(callers.identify_token(wrong).is_none(), "{wrong:?} is refused");
+        }
+        assert_eq!(recognized(&callers), 1, "refused tokens are not remembered");
+        assert!(callers.identify_token("a-token").is_some());
+        assert_eq!(recognized(&callers), 2);
+
+        callers.replace(&[config("admin", "a-token", &[])]);
+        assert!(callers.identify_token("c-token").is_none(), "a removed caller's remembered token is refused");
+        assert_eq!(recognized(&callers), 0, "a reloaded table starts with nothing remembered");
+        let (admin, _) = callers.identify_token("a-token").expect("the admin stays");
+        assert_eq!(admin.role, Role::Admin);
+    }
+
+    /// The index key depends on the process's secret key: two tables index the same token
+    /// differently, and the key never shows in Debug output.
+    #[test]
+    fn the_index_key_is_secret_and_per_process() {
+        let (one, two) = (Callers::new(&[]), Callers::new(&[]));
+        assert_ne!(one.token_key.of("t"), two.token_key.of("t"));
+        assert_eq!(one.token_key.of("t"), one.token_key.of("t"));
+        assert!(!format!("{one:?}").contains(&format!("{:?}", one.token_key.key)));
     }
 }

@@ -86,7 +86,9 @@ impl Slot {
 /// Every profile's slot.
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    slots: DashMap<String, Arc<Slot>>,
+    /// Hashed with foldhash (seeded per process), not SipHash: every hand-out looks a name up
+    /// here, names are chosen by admins, and foldhash costs a fraction of SipHash (#17).
+    slots: DashMap<String, Arc<Slot>, foldhash::fast::RandomState>,
 }
 
 impl TokenCache {

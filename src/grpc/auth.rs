@@ -44,13 +44,11 @@ pub fn identify(
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization metadata must be `Bearer <token>`"))?;
-        // One SHA-256 per call: the credential is the token's digest, and the table is indexed by it.
-        let credential = Credential::of_token(token.trim());
-        let caller = callers.resolve(&credential).ok_or_else(|| {
+        // A token accepted before is found by a keyed SipHash; a new one is proven by its SHA-256.
+        return callers.identify_token(token.trim()).ok_or_else(|| {
             tracing::warn!(peer = ?remote_addr(extensions), "rejected an unknown bearer token");
             Status::unauthenticated("unknown bearer token")
-        })?;
-        return Ok((caller, credential));
+        });
     }
     if let Some(certs) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs()) {
         return callers.by_certificate(&certs).ok_or_else(|| {

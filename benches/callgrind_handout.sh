@@ -11,12 +11,21 @@
 # runs the portable code (about 3,500 instructions instead of a few hundred); kernel time
 # (syscalls) is not counted.
 #
-# Usage: benches/callgrind_handout.sh [--big-token] [SECONDS]   (from the repository root)
-# HANDOUT_BIN may name an already built handout bench binary.
+# Usage: benches/callgrind_handout.sh [--big-token] [--unix] [SECONDS]   (from the repository root)
+# --unix serves both on Unix sockets. HANDOUT_BIN may name an already built handout bench binary;
+# CALLGRIND_KEEP=DIR keeps the profiles (cg.a, cg.b) there for callgrind_annotate.
 set -euo pipefail
 
 big=()
-if [[ "${1:-}" == "--big-token" ]]; then big=(--big-token); shift; fi
+unix=0
+while [[ "${1:-}" == --* ]]; do
+  case "$1" in
+    --big-token) big=(--big-token) ;;
+    --unix) unix=1 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
 seconds="${1:-10}"
 bin="${HANDOUT_BIN:-}"
 if [[ -z "$bin" ]]; then
@@ -24,6 +33,9 @@ if [[ -z "$bin" ]]; then
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+sockets=()
+if [[ $unix == 1 ]]; then sockets=(--unix "$work"); fi
+keep="${CALLGRIND_KEEP:-}"
 
 # run_server LABEL ARGS... → prints "LABEL calls instructions"; leaves the reply hex in $work/LABEL.out
 run_server() {
@@ -48,9 +60,10 @@ run_server() {
   echo "$label $calls $ir"
 }
 
-a=$(run_server a a "${big[@]}")
+a=$(run_server a a "${big[@]}" "${sockets[@]}")
 hex=$(awk '{print $3}' "$work/a.out")
-b=$(run_server b b --token-hex "$hex")
+b=$(run_server b b --token-hex "$hex" "${sockets[@]}")
+if [[ -n "$keep" ]]; then mkdir -p "$keep" && cp "$work/cg.a" "$work/cg.b" "$keep/"; fi
 echo "$a" "$b" | awk '{
   pa = $3 / $2; pb = $6 / $5;
   printf "A tokend: %d calls, %.0f instructions per call\n", $2, pa;

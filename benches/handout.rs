@@ -25,7 +25,12 @@
 //! `--latency` (sequential calls on one connection, one call in flight, as h2load `-c 1 -m 1`:
 //! `--latency-runs R` runs (5) of `--latency-calls N` calls (20000) per server, over TCP and
 //! then over TLS with a fresh self-signed certificate for both servers; `--no-tls` skips TLS;
-//! prints p50 / p99 / p99.9 / max side by side and the calls above 5 ms).
+//! prints p50 / p99 / p99.9 / max side by side and the calls above 5 ms), `--unix` (both
+//! servers serve on a Unix socket instead of TCP, as local workers call tokend; the consumer
+//! still sends its bearer token; h2load and TLS are skipped, having no Unix socket support),
+//! `--h2load-rate R` (h2load at a fixed R calls per second for `--seconds`, latencies from its
+//! per-request log: the p99 at a given load, with a load generator that is not the bottleneck,
+//! which the tonic one is above about 20,000 calls per second on one core).
 //!
 //! The load average is printed at the start; at 0.5 or more (1-minute) every summary line is
 //! marked unreliable: the figures would measure the neighbours as much as the servers.
@@ -43,6 +48,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, ChildStdout, Command};
+use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -120,6 +126,9 @@ fn main() {
 fn serve_a(args: &Args) {
     let big_token = args.has("--big-token");
     let tls_dir = args.value("--tls-dir").map(PathBuf::from);
+    // The daemon's own log subscriber, as `tokend` installs it (JSON lines, level info, to
+    // stderr): what a production daemon pays per call for the stack's spans and events.
+    tokend::telemetry::init(tokend::config::LogFormat::Json, "info");
     support::runtime().block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let provider = fake_provider::FakeProvider::start().await;
@@ -129,6 +138,10 @@ fn serve_a(args: &Args) {
         if let Some(tls) = &tls_dir {
             config.grpc.tls.cert_file = tls.join(TLS_CERT);
             config.grpc.tls.key_file = tls.join(TLS_KEY);
+        }
+        let unix = args.value("--unix").map(|dir| Path::new(dir).join("a.sock"));
+        if let Some(path) = &unix {
+            config.grpc.unix_socket = path.clone();
         }
         let daemon = Daemon::start(config, StartOptions::default()).await.expect("daemon starts");
         let mut apps = apps_client(daemon.grpc_addr, tls_dir.as_deref()).await;
@@ -142,9 +155,10 @@ fn serve_a(args: &Args) {
             };
             support::create_and_connect(&mut apps, PROFILE, &endpoints).await;
         }
-        let mut tokens = tokens_client(daemon.grpc_addr, tls_dir.as_deref()).await;
+        let mut tokens = tokens_client(&Target::Tcp(daemon.grpc_addr), tls_dir.as_deref()).await;
         let reply = tokens.get_access_token(support::get_token(PROFILE, None)).await.expect("GetAccessToken");
-        println!("READY {} {}", daemon.grpc_addr, to_hex(&reply.into_inner().encode_to_vec()));
+        let target = unix.map_or(Target::Tcp(daemon.grpc_addr), Target::Unix);
+        println!("READY {target} {}", to_hex(&reply.into_inner().encode_to_vec()));
         stdin_closed().await;
         daemon.stop().await;
         drop(provider);
@@ -166,6 +180,50 @@ async fn connect_client_credentials(apps: &mut AppsApi, token_endpoint: &str) {
     apps.create_profile(pb::CreateProfileRequest { profile: Some(profile) }).await.expect("CreateProfile");
     let start = apps.connect(pb::ConnectRequest { name: PROFILE.into() }).await.expect("Connect").into_inner();
     assert_eq!(start.status, pb::Status::Connected as i32, "client credentials connect at once");
+}
+
+/// Where a server listens: a TCP address, or a Unix socket path (`--unix`). Written as the
+/// address or the absolute path on the command line and in `READY` lines.
+#[derive(Debug, Clone)]
+enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for Target {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with('/') { Ok(Self::Unix(PathBuf::from(s))) } else { s.parse().map(Self::Tcp) }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => addr.fmt(f),
+            Self::Unix(path) => path.display().fmt(f),
+        }
+    }
+}
+
+/// Connects a tonic channel to a Unix socket.
+#[derive(Debug, Clone)]
+struct UnixConnector(PathBuf);
+
+impl tonic::codegen::Service<http::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move { Ok(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) })
+    }
 }
 
 /// The bare `Tokens` service of server B.
@@ -203,6 +261,12 @@ fn serve_b(args: &Args) {
         let read = |file| std::fs::read(Path::new(dir).join(file)).expect("read the benchmark TLS identity");
         ServerTlsConfig::new().identity(Identity::from_pem(read(TLS_CERT), read(TLS_KEY)))
     });
+    // A bare tonic build has no subscriber and tracing without its `log` feature, so h2's and
+    // tonic's spans cost next to nothing. This binary links tokend, whose sqlx turns `log` on
+    // for the whole build, and with `log` on and no subscriber every span is offered to the
+    // `log` crate (about 15,000 instructions per call under callgrind). A no-op subscriber
+    // restores the bare stack's cheap path.
+    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
     support::runtime().block_on(async move {
         // Bound as tonic's `Server::serve(addr)` binds (its `bind_incoming`, with the builder's
         // defaults: TCP_NODELAY on, TCP keepalive off); `serve(addr)` itself cannot report the
@@ -213,17 +277,32 @@ fn serve_b(args: &Args) {
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).expect("server TLS configuration");
         }
-        let server = builder
-            .add_service(TokensServer::new(BareTokens { tokens }))
-            .serve_with_incoming_shutdown(incoming, stdin_closed());
+        let router = builder.add_service(TokensServer::new(BareTokens { tokens }));
+        if let Some(dir) = args.value("--unix") {
+            let path = Path::new(dir).join("b.sock");
+            let listener = tokio::net::UnixListener::bind(&path).expect("bind the Unix socket");
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            println!("READY {}", path.display());
+            return router.serve_with_incoming_shutdown(incoming, stdin_closed()).await.expect("bare server");
+        }
+        let server = router.serve_with_incoming_shutdown(incoming, stdin_closed());
         println!("READY {addr}");
         server.await.expect("bare server");
     });
 }
 
-/// One HTTP/2 connection to `addr`: plain, or TLS trusting the benchmark's certificate in
-/// `tls_dir`.
-async fn channel(addr: SocketAddr, tls_dir: Option<&Path>) -> Channel {
+/// One HTTP/2 connection to `target`: plain, or TLS trusting the benchmark's certificate in
+/// `tls_dir`, or over a Unix socket.
+async fn channel(target: &Target, tls_dir: Option<&Path>) -> Channel {
+    let addr = match target {
+        Target::Unix(path) => {
+            return Endpoint::from_static("http://localhost")
+                .connect_with_connector(UnixConnector(path.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("connecting to {}: {e}", path.display()));
+        }
+        Target::Tcp(addr) => *addr,
+    };
     let Some(dir) = tls_dir else { return support::channel(addr).await };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = std::fs::read(dir.join(TLS_CERT)).expect("read the benchmark certificate");
@@ -238,14 +317,14 @@ async fn channel(addr: SocketAddr, tls_dir: Option<&Path>) -> Channel {
 }
 
 /// A `Tokens` client of the consumer caller on its own connection.
-async fn tokens_client(addr: SocketAddr, tls_dir: Option<&Path>) -> TokensApi {
-    TokensClient::with_interceptor(channel(addr, tls_dir).await, support::bearer(CONSUMER))
+async fn tokens_client(target: &Target, tls_dir: Option<&Path>) -> TokensApi {
+    TokensClient::with_interceptor(channel(target, tls_dir).await, support::bearer(CONSUMER))
         .max_decoding_message_size(4 * 1024 * 1024)
 }
 
 /// A `ConnectedApps` client of the admin caller on its own connection.
 async fn apps_client(addr: SocketAddr, tls_dir: Option<&Path>) -> AppsApi {
-    ConnectedAppsClient::with_interceptor(channel(addr, tls_dir).await, support::bearer(ADMIN))
+    ConnectedAppsClient::with_interceptor(channel(&Target::Tcp(addr), tls_dir).await, support::bearer(ADMIN))
 }
 
 /// Writes a fresh self-signed certificate for `localhost` and its key into `dir`.
@@ -333,11 +412,11 @@ async fn call(client: &mut TokensApi) -> Result<(), Status> {
 /// `RESULT calls errors p50 p99 p999 max completed slow` (latencies in µs; `completed` counts
 /// every call answered, in the window or not; `slow` the calls above 5 ms).
 fn load(args: &Args) {
-    let target: SocketAddr = args.value("--target").expect("--target").parse().expect("--target address");
+    let target: Target = args.value("--target").expect("--target").parse().expect("--target address or path");
     let tls_dir = args.value("--tls-dir").map(PathBuf::from);
     if let Some(calls) = args.value("--sequential") {
         let calls = calls.parse().expect("--sequential: a number of calls");
-        return support::runtime().block_on(sequential_load(target, tls_dir.as_deref(), calls));
+        return support::runtime().block_on(sequential_load(&target, tls_dir.as_deref(), calls));
     }
     let connections: usize = args.parsed("--connections", 4);
     let concurrency: usize = args.parsed("--concurrency", 64);
@@ -347,7 +426,7 @@ fn load(args: &Args) {
     support::runtime().block_on(async move {
         let mut clients = Vec::new();
         for _ in 0..connections {
-            clients.push(tokens_client(target, tls_dir.as_deref()).await);
+            clients.push(tokens_client(&target, tls_dir.as_deref()).await);
         }
         let start = Instant::now();
         let window = Window { start, from: start + warmup, to: start + warmup + seconds };
@@ -371,7 +450,7 @@ fn load(args: &Args) {
 /// arrived (h2load `-c 1 -m 1`): the pattern of a worker fetching its token before each job,
 /// and the one where a missing `TCP_NODELAY` shows (issue #18). No window markers: the
 /// orchestrator reading `/proc` mid-run would add noise to the tail this measures.
-async fn sequential_load(target: SocketAddr, tls_dir: Option<&Path>, calls: usize) {
+async fn sequential_load(target: &Target, tls_dir: Option<&Path>, calls: usize) {
     let mut client = tokens_client(target, tls_dir).await;
     for _ in 0..SEQUENTIAL_WARMUP_CALLS {
         let _ = call(&mut client).await;
@@ -471,7 +550,7 @@ struct Server {
     /// `A tokend` or `B bare`.
     label: &'static str,
     child: Child,
-    addr: SocketAddr,
+    addr: Target,
     /// Kept open: a server writing to a closed pipe would fail.
     _stdout: BufReader<ChildStdout>,
 }
@@ -636,8 +715,8 @@ fn summarize(title: &str, all: &[Vec<Round>; 2]) {
         reliability(),
     );
     println!(
-        "SUMMARY {title}: throughput A/B {:.3} (ratio of medians), {} (median of paired rounds), target >= 0.90; \
-         server CPU per call A/B {:.3} (ratio of medians), {} (median of paired rounds), target <= 1.15{}",
+        "SUMMARY {title}: throughput A/B {:.3} (ratio of medians), {} (median of paired rounds), target >= 0.95 (#17); \
+         server CPU per call A/B {:.3} (ratio of medians), {} (median of paired rounds), target <= 1.05 (#17){}",
         rps_a / rps_b,
         paired(Round::rps),
         cpu_a / cpu_b,
@@ -662,7 +741,9 @@ fn orchestrate(args: &Args) {
         "pinning: {}",
         if pin { "servers on CPU 0, load generator on CPU 1 (taskset)" } else { "none (--no-pin or no taskset)" }
     );
-    let servers = start_servers(args, pin, None);
+    // `--unix`: both servers on Unix sockets in a directory of their own.
+    let unix_dir = args.has("--unix").then(|| tempfile::tempdir().expect("temp dir"));
+    let servers = start_servers(args, pin, None, unix_dir.as_ref().map(|dir| dir.path()));
     let common =
         ["--connections", &connections.to_string(), "--warmup", &warmup.to_string(), "--seconds", &seconds.to_string()]
             .map(str::to_owned);
@@ -681,17 +762,21 @@ fn orchestrate(args: &Args) {
     if args.has("--h2load") {
         h2load_series(&servers, pin, connections, concurrency, args.parsed("--h2load-requests", 300_000), rounds);
     }
+    if let Some(rate) = args.value("--h2load-rate") {
+        let rate: u64 = rate.parse().expect("--h2load-rate: calls per second");
+        h2load_rate_series(&servers, pin, connections, concurrency, rate, seconds, rounds);
+    }
     let latency = Latency { calls: args.parsed("--latency-calls", 20_000), runs: args.parsed("--latency-runs", 5) };
     if args.has("--latency") {
-        latency_series("TCP", &servers, pin, None, latency);
+        latency_series(if unix_dir.is_some() { "Unix socket" } else { "TCP" }, &servers, pin, None, latency);
     }
     let [a, b] = servers;
     a.stop();
     b.stop();
-    if args.has("--latency") && !args.has("--no-tls") {
+    if args.has("--latency") && !args.has("--no-tls") && unix_dir.is_none() {
         let dir = tempfile::tempdir().expect("temp dir");
         write_tls_identity(dir.path());
-        let servers = start_servers(args, pin, Some(dir.path()));
+        let servers = start_servers(args, pin, Some(dir.path()), None);
         latency_series("TLS", &servers, pin, Some(dir.path()), latency);
         let [a, b] = servers;
         a.stop();
@@ -716,9 +801,11 @@ fn print_machine() {
 }
 
 /// Starts server A, then server B answering A's reply; both serve through TLS with the
-/// certificate in `tls_dir` when given.
-fn start_servers(args: &Args, pin: bool, tls_dir: Option<&Path>) -> [Server; 2] {
-    let tls_args = tls_dir.map(|dir| ["--tls-dir".to_owned(), dir.display().to_string()]);
+/// certificate in `tls_dir` when given, or on Unix sockets in `unix_dir`.
+fn start_servers(args: &Args, pin: bool, tls_dir: Option<&Path>, unix_dir: Option<&Path>) -> [Server; 2] {
+    let tls_args = tls_dir
+        .map(|dir| ["--tls-dir".to_owned(), dir.display().to_string()])
+        .or(unix_dir.map(|dir| ["--unix".to_owned(), dir.display().to_string()]));
     let mut a_args = vec!["--serve".to_owned(), "a".to_owned()];
     if args.has("--big-token") {
         a_args.push("--big-token".to_owned());
@@ -731,7 +818,11 @@ fn start_servers(args: &Args, pin: bool, tls_dir: Option<&Path>) -> [Server; 2] 
     let mut b_args = vec!["--serve".to_owned(), "b".to_owned(), "--token-hex".to_owned(), token_hex];
     b_args.extend(tls_args.into_iter().flatten());
     let (b, _) = Server::start("B bare", pin, &b_args);
-    let transport = if tls_dir.is_some() { "TLS" } else { "plain TCP" };
+    let transport = match (tls_dir, unix_dir) {
+        (Some(_), _) => "TLS",
+        (None, Some(_)) => "Unix socket",
+        (None, None) => "plain TCP",
+    };
     println!("A (tokend) on {}, B (bare tonic, tonic's defaults) on {}, {transport}", a.addr, b.addr);
     [a, b]
 }
@@ -857,8 +948,12 @@ fn h2load_command(
 /// Rounds of h2load (pinned to CPU 1) against A and B: req/s, mean latency, reply bytes per
 /// request (equal for A and B when A answered every call with the token), server CPU per call.
 fn h2load_series(servers: &[Server; 2], pin: bool, connections: usize, streams: usize, requests: u64, rounds: usize) {
-    if Command::new("h2load").arg("--version").output().is_err() {
+    if !h2load_available() {
         println!("\n== h2load: not installed (apt-get install nghttp2-client); skipped");
+        return;
+    }
+    if matches!(servers[0].addr, Target::Unix(_)) {
+        println!("\n== h2load: no Unix socket support; skipped");
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -870,7 +965,8 @@ fn h2load_series(servers: &[Server; 2], pin: bool, connections: usize, streams: 
     for n in 1..=rounds {
         let mut figures = Vec::new();
         for server in servers {
-            let command = h2load_command(server.addr, &body, requests, connections, streams);
+            let Target::Tcp(addr) = server.addr else { return };
+            let command = h2load_command(addr, &body, requests, connections, streams);
             if n == 1 {
                 println!("   {}: {}{}", server.label, if pin { "taskset -c 1 " } else { "" }, shell_words(&command));
             }
@@ -881,11 +977,18 @@ fn h2load_series(servers: &[Server; 2], pin: bool, connections: usize, streams: 
         ratios.1.push(figures[0].1 / figures[1].1);
         println!("round {n} ratio A/B: throughput {:.3}, server CPU per call {:.3}", ratios.0[n - 1], ratios.1[n - 1]);
     }
+    let range = |r: &[f64]| {
+        let (lo, hi) = r.iter().fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        format!("{lo:.3}-{hi:.3}")
+    };
+    let ranges = (range(&ratios.0), range(&ratios.1));
     println!(
-        "SUMMARY h2load: throughput A/B {:.3}, server CPU per call A/B {:.3} (medians of paired rounds; \
-         targets >= 0.90 and <= 1.15){}",
+        "SUMMARY h2load: throughput A/B {:.3} (rounds {}), server CPU per call A/B {:.3} (rounds {}) (medians of \
+         paired rounds; targets >= 0.95 and <= 1.05, #17){}",
         median(ratios.0),
+        ranges.0,
         median(ratios.1),
+        ranges.1,
         reliability(),
     );
 }
@@ -908,6 +1011,11 @@ fn h2load_round(server: &Server, pin: bool, command: &[String], requests: u64, n
 }
 
 /// `command`, prefixed with `taskset -c 1` when pinning.
+/// Whether h2load (Debian `nghttp2-client`) is installed.
+fn h2load_available() -> bool {
+    Command::new("h2load").arg("--version").output().is_ok()
+}
+
 fn pinned(pin: bool, command: &[String]) -> Command {
     let mut c = if pin {
         let mut c = Command::new("taskset");
@@ -946,4 +1054,73 @@ fn parse_h2load(text: &str) -> (f64, String, f64, u64) {
         }
     }
     figures
+}
+
+/// h2load at a fixed total rate (`--rps` per connection) for `seconds`, A and B alternating:
+/// p50 / p99 / p99.9 of every request from h2load's per-request log, and the server CPU per call.
+fn h2load_rate_series(
+    servers: &[Server; 2],
+    pin: bool,
+    connections: usize,
+    streams: usize,
+    rate: u64,
+    seconds: f64,
+    rounds: usize,
+) {
+    if !h2load_available() || matches!(servers[0].addr, Target::Unix(_)) {
+        println!("\n== h2load at a fixed rate: needs h2load and TCP; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let body = dir.path().join("get-access-token.grpc");
+    std::fs::write(&body, grpc_body()).expect("write h2load body");
+    let requests = (rate as f64 * seconds) as u64;
+    let per_connection = rate.div_ceil(connections as u64);
+    println!(
+        "\n== h2load at {rate} calls/s ({per_connection}/s on each of {connections} connections), {requests} calls per round"
+    );
+    let mut p99s: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for n in 1..=rounds {
+        for (i, server) in servers.iter().enumerate() {
+            let Target::Tcp(addr) = server.addr else { return };
+            let log = dir.path().join(format!("requests-{n}-{i}.tsv"));
+            let mut command = h2load_command(addr, &body, requests, connections, streams);
+            let url = command.pop().expect("the URL is last");
+            command.extend([format!("--rps={per_connection}"), format!("--log-file={}", log.display()), url]);
+            let before = support::cpu_micros(server.pid());
+            let output = pinned(pin, &command).output().expect("run h2load");
+            let cpu = support::cpu_micros(server.pid()) - before;
+            let (rps, _, _, succeeded) = parse_h2load(&String::from_utf8_lossy(&output.stdout));
+            let mut micros: Vec<u64> = std::fs::read_to_string(&log)
+                .expect("h2load request log")
+                .lines()
+                .filter_map(|line| line.split('\t').nth(2)?.parse().ok())
+                .collect();
+            micros.sort_unstable();
+            let at = |q: f64| {
+                micros
+                    .get(((micros.len() as f64 * q) as usize).min(micros.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0) as f64
+                    / 1000.0
+            };
+            p99s[i].push(at(0.99));
+            println!(
+                "round {n} {:<9} {rps:>8.0} req/s  succeeded {succeeded}  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms | server CPU {:.2} µs/call",
+                server.label,
+                at(0.5),
+                at(0.99),
+                at(0.999),
+                cpu as f64 / requests as f64,
+            );
+        }
+    }
+    let ratios: Vec<f64> = p99s[0].iter().zip(&p99s[1]).map(|(a, b)| a / b).collect();
+    println!(
+        "SUMMARY h2load at {rate} calls/s: p99 A {:.3} ms, B {:.3} ms (medians); p99 A/B {:.3} (median of paired rounds; target <= 1.1, #17){}",
+        median(p99s[0].clone()),
+        median(p99s[1].clone()),
+        median(ratios),
+        reliability(),
+    );
 }

@@ -20,8 +20,9 @@
 //! set so that the first refresh falls due `--lead-secs` (5) after the daemon is launched,
 //! however long seeding took.
 //!
-//! Other flags: `--cache-mb` (sled cache, 16), `--max-concurrent` (refreshes at once; the
-//! daemon's default), `--provider-rate`/`--provider-burst` (the daemon's per-provider rate
+//! Other flags: `--cache-mb` (sled cache, 16), `--log-level` (the daemon's, warn),
+//! `--max-concurrent` (refreshes at once; the daemon's default), `--provider-rate`/
+//! `--provider-burst` (the daemon's per-provider rate
 //! limit; its defaults when absent), `--no-rotate` (replies keep the refresh token, so no flush
 //! before hand-out), `--data-dir` (where the temporary data directory goes), `--keep-data`,
 //! `--timeout-secs` (300), `--skip-single-flight`, `--skip-engine`, `--postgres URL` (the engine
@@ -188,6 +189,11 @@ fn daemon_child(args: &Args, dir: &Path) {
         config.store.postgres.schema = schema.to_owned();
     }
     let probe = args.value("--probe").map(str::to_owned);
+    // The daemon's own log subscriber, as `tokend` installs it, at `--log-level` (warn: at info
+    // it writes a line per refresh to stderr, which this benchmark inherits). Without a
+    // subscriber, tracing's `log` feature (on in this build through sqlx) would offer every span
+    // of the stack to the `log` crate, a cost no daemon pays.
+    tokend::telemetry::init(tokend::config::LogFormat::Json, args.value("--log-level").unwrap_or("warn"));
     support::runtime().block_on(async move {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let clock: Arc<dyn Clock> = Arc::new(OffsetClock(offset_ms));
@@ -536,7 +542,7 @@ fn orchestrate(args: &Args) {
 /// The flags every daemon child gets.
 fn daemon_flags(args: &Args) -> Vec<String> {
     let mut flags = vec!["--cache-mb".to_owned(), args.parsed::<u64>("--cache-mb", 16).to_string()];
-    for flag in ["--max-concurrent", "--provider-rate", "--provider-burst"] {
+    for flag in ["--max-concurrent", "--provider-rate", "--provider-burst", "--log-level"] {
         if let Some(value) = args.value(flag) {
             flags.extend([flag.to_owned(), value.to_owned()]);
         }

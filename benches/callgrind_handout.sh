@@ -27,12 +27,8 @@ while [[ "${1:-}" == --* ]]; do
   shift
 done
 seconds="${1:-10}"
-bin="${HANDOUT_BIN:-}"
-if [[ -z "$bin" ]]; then
-  bin=$(cargo bench --no-run --bench handout 2>&1 | sed -n 's/.*Executable benches\/handout.rs (\(.*\))/\1/p')
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=benches/handout_bin.sh
+source "$(dirname "$0")/handout_bin.sh"
 sockets=()
 if [[ $unix == 1 ]]; then sockets=(--unix "$work"); fi
 keep="${CALLGRIND_KEEP:-}"

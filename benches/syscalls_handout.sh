@@ -13,12 +13,8 @@ set -euo pipefail
 big=()
 if [[ "${1:-}" == "--big-token" ]]; then big=(--big-token); shift; fi
 requests="${1:-200000}"
-bin="${HANDOUT_BIN:-}"
-if [[ -z "$bin" ]]; then
-  bin=$(cargo bench --no-run --bench handout 2>&1 | sed -n 's/.*Executable benches\/handout.rs (\(.*\))/\1/p')
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=benches/handout_bin.sh
+source "$(dirname "$0")/handout_bin.sh"
 # The GetAccessToken request for profile mail-bench, as a gRPC frame.
 printf '000000000c0a0a6d61696c2d62656e6368' | xxd -r -p >"$work/body.grpc"
 

@@ -36,14 +36,9 @@ keep="${CALLGRIND_KEEP:-}"
 # run_server LABEL ARGS... → prints "LABEL calls instructions"; leaves the reply hex in $work/LABEL.out
 run_server() {
   local label=$1; shift
-  mkfifo "$work/$label.in"
-  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.$label" \
-    "$bin" --serve "$@" <"$work/$label.in" >"$work/$label.out" 2>"$work/$label.err" &
-  local vpid=$!
-  exec 7>"$work/$label.in"
-  until grep -q READY "$work/$label.out"; do sleep 1; done
-  local addr
-  addr=$(awk '{print $2}' "$work/$label.out")
+  start_server "$label" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.$label" \
+    "$bin" --serve "$@"
+  local vpid=$server_pid addr=$server_addr
   callgrind_control -i on "$vpid" >/dev/null 2>&1
   local calls
   calls=$("$bin" --load --target "$addr" --connections 4 --concurrency 16 --warmup 0 --seconds "$seconds" |

@@ -7,3 +7,16 @@ if [[ -z "$bin" ]]; then
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+
+# start_server LABEL COMMAND... : runs COMMAND (a server role of the benchmark, maybe under a
+# tool) with its stdin on a pipe held open by fd 7 (`exec 7>&-` stops it), its output in
+# $work/LABEL.out; waits for its READY line; sets `server_pid` and `server_addr`.
+start_server() {
+  local label=$1; shift
+  mkfifo "$work/$label.in"
+  "$@" <"$work/$label.in" >"$work/$label.out" 2>"$work/$label.err" &
+  server_pid=$!
+  exec 7>"$work/$label.in"
+  until grep -q READY "$work/$label.out"; do sleep 0.2; done
+  server_addr=$(awk '{print $2}' "$work/$label.out")
+}

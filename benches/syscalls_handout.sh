@@ -21,13 +21,8 @@ printf '000000000c0a0a6d61696c2d62656e6368' | xxd -r -p >"$work/body.grpc"
 # run_server LABEL ARGS... → prints "LABEL syscalls/call context-switches/call"
 run_server() {
   local label=$1; shift
-  mkfifo "$work/$label.in"
-  "$bin" --serve "$@" <"$work/$label.in" >"$work/$label.out" 2>"$work/$label.err" &
-  local pid=$!
-  exec 7>"$work/$label.in"
-  until grep -q READY "$work/$label.out"; do sleep 0.2; done
-  local addr
-  addr=$(awk '{print $2}' "$work/$label.out")
+  start_server "$label" "$bin" --serve "$@"
+  local pid=$server_pid addr=$server_addr
   perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$work/$label.perf" &
   local perf=$!
   sleep 0.5

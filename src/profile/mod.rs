@@ -66,7 +66,7 @@ fn pb_duration(ms: i64) -> Option<prost_types::Duration> {
 }
 
 /// The writable fields of `Profile`, as named in update masks.
-const WRITABLE: &[&str] = &[
+pub const WRITABLE: &[&str] = &[
     "description",
     "provider",
     "grant",

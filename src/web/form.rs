@@ -48,23 +48,8 @@ pub struct ProfileForm {
     pub tenant: String,
 }
 
-/// The form fields that map to update-mask paths (an edit changes these, nothing else).
-const MASK: &[&str] = &[
-    "description",
-    "provider",
-    "grant",
-    "client_id",
-    "client_secret",
-    "scopes",
-    "authorization_endpoint",
-    "token_endpoint",
-    "revocation_endpoint",
-    "device_authorization_endpoint",
-    "issuer",
-    "redirect_uri",
-    "token_endpoint_auth_method",
-    "provider_options",
-];
+/// The writable profile fields this form does not show: an edit leaves them as they are.
+const NOT_ON_FORM: &[&str] = &["extra_authorization_params", "refresh_policy"];
 
 /// The grant choices: form value, label.
 pub const GRANTS: &[(&str, &str)] = &[
@@ -173,7 +158,8 @@ impl ProfileForm {
 
     /// The update mask of an edit: the fields this form shows.
     pub fn mask() -> FieldMask {
-        FieldMask { paths: MASK.iter().map(|p| (*p).to_owned()).collect() }
+        let shown = crate::profile::WRITABLE.iter().filter(|path| !NOT_ON_FORM.contains(path));
+        FieldMask { paths: shown.map(|path| (*path).to_owned()).collect() }
     }
 
     /// The form without what must never be shown again (the secret typed).
@@ -186,6 +172,32 @@ impl ProfileForm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An edit's mask names exactly the fields the form shows: every writable field but the
+    /// extra authorization parameters and the refresh policy, which an edit leaves alone.
+    #[test]
+    fn edit_mask_is_the_fields_on_the_form() {
+        let mut paths = ProfileForm::mask().paths;
+        paths.sort();
+        let mut expected = vec![
+            "authorization_endpoint",
+            "client_id",
+            "client_secret",
+            "description",
+            "device_authorization_endpoint",
+            "grant",
+            "issuer",
+            "provider",
+            "provider_options",
+            "redirect_uri",
+            "revocation_endpoint",
+            "scopes",
+            "token_endpoint",
+            "token_endpoint_auth_method",
+        ];
+        expected.sort_unstable();
+        assert_eq!(paths, expected);
+    }
 
     /// A form reads back into the message the gRPC API takes; a stored profile's form has no
     /// secret.

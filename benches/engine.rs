@@ -175,7 +175,8 @@ impl Clock for OffsetClock {
 /// The `--daemon <dir>` role: starts the daemon on `dir` and prints
 /// `READY <start µs> <first call µs> <profiles> <rss KiB>`, then `R <ms> <name>` for every
 /// `Refreshed` event, `E <ms> <name> <kind> <status>` for other events, `L <n>` when events were
-/// missed; answers `rss` on stdin with `RSS <KiB>`; stops when stdin closes, then prints `STOPPED`.
+/// missed; answers `rss` on stdin with `RSS <KiB>`; stops when stdin closes, then prints
+/// `FLUSHES <flushes> <writers who waited>` and `STOPPED`.
 fn daemon_child(args: &Args, dir: &Path) {
     let offset_ms: i64 = args.parsed("--clock-offset-ms", 0);
     let mut config = support::bench_config(dir);
@@ -215,6 +216,8 @@ fn daemon_child(args: &Args, dir: &Path) {
                 println!("RSS {}", support::rss_kib(std::process::id()));
             }
         }
+        let metrics = daemon.engine().metrics();
+        println!("FLUSHES {} {}", metrics.store_flushes.get(), metrics.store_flush_waits.get());
         daemon.stop().await;
         println!("STOPPED");
     });
@@ -288,6 +291,8 @@ struct ChildLog {
     lagged: u64,
     /// Answers to `rss`.
     rss: Vec<u64>,
+    /// (flushes run, writers who waited for one) over the daemon's life.
+    flushes: (u64, u64),
 }
 
 /// A daemon child process.
@@ -365,6 +370,7 @@ fn read_child(stdout: BufReader<std::process::ChildStdout>, log: &Mutex<ChildLog
             Some("E") => log.other_events.push(line.clone()),
             Some("L") => log.lagged += number(1),
             Some("RSS") => log.rss.push(number(1)),
+            Some("FLUSHES") => log.flushes = (number(1), number(2)),
             Some("READY") => {
                 log.ready = Some(Ready {
                     start_us: number(1),
@@ -644,6 +650,11 @@ fn run_wave(data: &Path, flags: &[String], plan: &Plan, provider: &FastProvider,
         burst_cpu.daemon_us as f64 / burst,
         burst_cpu.daemon_us as f64 / (burst_cpu.wall_ms.max(1) as f64 * 10.0),
         burst_cpu.provider_us as f64 / burst
+    );
+    let (flushes, waits) = log.flushes;
+    println!(
+        "ENGINE flushes over the run: {flushes} for {waits} durable writes ({:.1} writes per flush)",
+        waits as f64 / flushes.max(1) as f64
     );
     Wave { loaded, loaded_rss, wave_rss }
 }

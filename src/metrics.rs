@@ -59,6 +59,21 @@ impl Metrics {
         registry.register("refresh_duration_seconds", "Time a provider refresh took", engine.refresh_seconds.clone());
         registry.register("token_handouts", "Access tokens handed out", engine.handouts.clone());
         registry.register("status_changes", "Connection status changes", engine.status_changes.clone());
+        registry.register(
+            "store_flushes",
+            "Flushes of the store that made rotated tokens durable (each serves every writer waiting)",
+            engine.store_flushes.clone(),
+        );
+        registry.register(
+            "store_flush_waits",
+            "Writers that waited for a flush (divide by store_flushes for writers per flush)",
+            engine.store_flush_waits.clone(),
+        );
+        registry.register(
+            "store_flush_duration_seconds",
+            "Time one flush of the store took",
+            engine.store_flush_seconds.clone(),
+        );
         let profiles = Family::<StatusLabel, Gauge>::default();
         registry.register("profiles", "Profiles by connection status", profiles.clone());
         let expires_in = Family::<ProfileLabel, Gauge>::default();

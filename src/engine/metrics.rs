@@ -43,6 +43,13 @@ pub struct EngineMetrics {
     pub handouts: Counter,
     /// Status changes.
     pub status_changes: Family<TransitionLabel, Counter>,
+    /// Flushes of the store run to make rotated tokens durable (group commit: one flush serves
+    /// every writer waiting when it starts).
+    pub store_flushes: Counter,
+    /// Writers that waited for a flush; divided by `store_flushes`, the writers per flush.
+    pub store_flush_waits: Counter,
+    /// Time one flush of the store took.
+    pub store_flush_seconds: Histogram,
 }
 
 impl Default for EngineMetrics {
@@ -57,6 +64,9 @@ impl Default for EngineMetrics {
             refresh_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             handouts: Counter::default(),
             status_changes: Family::default(),
+            store_flushes: Counter::default(),
+            store_flush_waits: Counter::default(),
+            store_flush_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         }
     }
 }

@@ -104,7 +104,7 @@ pub struct Engine {
     /// Wakes the scheduler when a write makes a refresh due earlier than it planned for.
     wake: Notify,
     /// Bounds refreshes running at once (scheduled and on-demand alike).
-    refresh_permits: Semaphore,
+    refresh_permits: Arc<Semaphore>,
     /// Counters for `/metrics`.
     metrics: EngineMetrics,
     /// Rate limits by token endpoint host.
@@ -142,8 +142,14 @@ impl Engine {
     ) -> Arc<Self> {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let permits = settings.max_concurrent_refreshes.max(1);
+        let metrics = EngineMetrics::default();
+        let refresh_permits = Arc::new(Semaphore::new(permits));
         Arc::new(Self {
-            flushes: group_flush::GroupFlush::new(Arc::clone(&store)),
+            flushes: group_flush::GroupFlush::new(
+                Arc::clone(&store),
+                group_flush::RunningRefreshes { permits: Arc::clone(&refresh_permits), total: permits },
+                metrics.clone(),
+            ),
             warming: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
@@ -158,8 +164,8 @@ impl Engine {
             events,
             token_watchers: dashmap::DashMap::new(),
             wake: Notify::new(),
-            refresh_permits: Semaphore::new(permits),
-            metrics: EngineMetrics::default(),
+            refresh_permits,
+            metrics,
             provider_limits: dashmap::DashMap::new(),
         })
     }

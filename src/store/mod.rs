@@ -75,7 +75,7 @@ pub enum StoreError {
 pub type DumpEntry = (String, Vec<u8>, Vec<u8>);
 
 /// One write of a connection, guarded by the version it was read at, with the consent changes
-/// that go with it (all in one transaction).
+/// that go with it (all or nothing).
 #[derive(Debug, Clone)]
 pub struct ConnectionWrite {
     /// The profile name.

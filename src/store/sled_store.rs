@@ -123,9 +123,41 @@ fn move_index_entry(
         index.remove(due_key(old.next_refresh_at_ms, name))?;
     }
     if new.next_refresh_at_ms > 0 {
-        index.insert(due_key(new.next_refresh_at_ms, name), &[])?;
+        index.insert(due_key(new.next_refresh_at_ms, name), &entry_value(new))?;
     }
     Ok(())
+}
+
+/// The value of a refresh index entry: the version of the connection record it was written for
+/// (big-endian). Entries written before tokend 0.x held no value; they read as version 0.
+fn entry_value(record: &ConnectionRecord) -> [u8; 8] {
+    record.version.to_be_bytes()
+}
+
+fn entry_version(value: &[u8]) -> u64 {
+    value.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// What a refresh index entry is worth, held against its connection record.
+#[derive(Debug, PartialEq, Eq)]
+enum EntryState {
+    /// The record is due at the entry's time.
+    Due,
+    /// Written ahead of its record: a write between its steps (or stopped there by a crash).
+    /// Not due, not removed: the write may yet make it live (and wakes the scheduler if it is
+    /// sooner); once the record moves past its version it is stale.
+    Pending,
+    /// Left over: the record is gone, or a write at or after the entry's version moved it.
+    Stale,
+}
+
+fn entry_state(entry: &DueEntry, value: &[u8], record: Option<&ConnectionRecord>) -> EntryState {
+    match record {
+        None => EntryState::Stale,
+        Some(r) if r.next_refresh_at_ms == entry.at_ms => EntryState::Due,
+        Some(r) if r.version < entry_version(value) => EntryState::Pending,
+        Some(_) => EntryState::Stale,
+    }
 }
 
 fn tx_connection(tx: &TransactionalTree, name: &str) -> TxResult<Option<ConnectionRecord>> {
@@ -223,10 +255,10 @@ impl Store for SledStore {
         let mut record = write.record.clone();
         record.version = write.expected_version + 1;
         let encoded = record.encode_to_vec();
-        // A refresh touches neither consents nor the profile: two trees instead of four (a
-        // sled transaction costs per tree). Every profile has a connection record (both are
-        // written and removed together), so a connection that is there proves the profile is;
-        // one that is not falls back to the full transaction, which tells why.
+        // A refresh touches neither consents nor the profile: no transaction at all (see
+        // `write_connection_only`). Every profile has a connection record (both are written
+        // and removed together), so a connection that is there proves the profile is; one that
+        // is not falls back to the full transaction, which tells why.
         if write.put_consent.is_none() && write.remove_consent.is_none() {
             match self.write_connection_only(&write, &record, &encoded) {
                 Err(StoreError::NotFound(_)) => {}
@@ -253,23 +285,27 @@ impl Store for SledStore {
 
     fn due(&self, up_to: UnixMillis, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
         let end = (up_to.max(0) as u64).saturating_add(1).to_be_bytes();
-        self.refresh_index
-            .range(..end.to_vec())
-            .take(limit)
-            .map(|item| {
-                let (key, _) = item.map_err(engine)?;
-                parse_due_key(&key).ok_or(StoreError::Corrupt { tree: "refresh_index", detail: "malformed key".into() })
-            })
-            .collect()
+        let mut due = Vec::new();
+        for item in self.refresh_index.range(..end.to_vec()) {
+            if due.len() == limit {
+                break;
+            }
+            let (key, value) = item.map_err(engine)?;
+            if let Some(entry) = self.live_entry(&key, &value)? {
+                due.push(entry);
+            }
+        }
+        Ok(due)
     }
 
     fn earliest_due(&self) -> Result<Option<DueEntry>, StoreError> {
-        match self.refresh_index.first().map_err(engine)? {
-            None => Ok(None),
-            Some((key, _)) => parse_due_key(&key)
-                .map(Some)
-                .ok_or(StoreError::Corrupt { tree: "refresh_index", detail: "malformed key".into() }),
+        for item in self.refresh_index.iter() {
+            let (key, value) = item.map_err(engine)?;
+            if let Some(entry) = self.live_entry(&key, &value)? {
+                return Ok(Some(entry));
+            }
         }
+        Ok(None)
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -372,7 +408,7 @@ impl SledStore {
             let name = std::str::from_utf8(&key)
                 .map_err(|_| StoreError::Corrupt { tree: "connections", detail: "non-UTF-8 key".into() })?;
             if record.next_refresh_at_ms > 0 {
-                batch.insert(due_key(record.next_refresh_at_ms, name), &[]);
+                batch.insert(due_key(record.next_refresh_at_ms, name), &entry_value(&record));
             }
         }
         self.refresh_index.apply_batch(batch).map_err(engine)
@@ -386,8 +422,16 @@ impl SledStore {
         }
     }
 
-    /// The version-guarded write of a connection and its index entry, when no consent changes.
-    /// `NotFound` when there is no connection record (the caller falls back).
+    /// The version-guarded write of a connection and its index entry, when no consent changes
+    /// (every refresh). `NotFound` when there is no connection record (the caller falls back).
+    ///
+    /// No sled transaction: sled writes its log buffer to disk at the start of every
+    /// transaction (twice), which made a refresh cost two writes and two syncs on sled's IO
+    /// threads however its flushes were grouped. Instead the record is swapped in by
+    /// compare-and-swap on the bytes read, and the index entry moves around it in an order that
+    /// never loses one: the new entry before the record, the old one after it. An entry left
+    /// over (a lost race, a crash between the steps) is told apart from a live one by the
+    /// record version it carries, and dropped when read ([`SledStore::live_entry`]).
     fn write_connection_only(
         &self,
         write: &ConnectionWrite,
@@ -395,19 +439,59 @@ impl SledStore {
         encoded: &[u8],
     ) -> Result<(), StoreError> {
         let name = write.name.as_str();
-        (&self.connections, &self.refresh_index)
-            .transaction(|(connections, index)| {
-                let Some(old) = tx_connection(connections, name)? else {
-                    return abort(StoreError::NotFound(name.to_owned()));
-                };
-                if old.version != write.expected_version {
-                    return abort(StoreError::Conflict { name: name.to_owned(), current: old.version });
+        let Some(old_bytes) = self.connections.get(name).map_err(engine)? else {
+            return Err(StoreError::NotFound(name.to_owned()));
+        };
+        let old: ConnectionRecord = decode("connections", &old_bytes)?;
+        if old.version != write.expected_version {
+            return Err(StoreError::Conflict { name: name.to_owned(), current: old.version });
+        }
+        let moved = old.next_refresh_at_ms != record.next_refresh_at_ms;
+        if moved && record.next_refresh_at_ms > 0 {
+            self.refresh_index
+                .insert(due_key(record.next_refresh_at_ms, name), &entry_value(record))
+                .map_err(engine)?;
+        }
+        let swapped = self.connections.compare_and_swap(name, Some(&old_bytes), Some(encoded)).map_err(engine)?;
+        if let Err(lost) = swapped {
+            // Another writer got there first. The entry written above, if any, is left to the
+            // readers: it may be that writer's own (same time), so it is not ours to remove.
+            return Err(match lost.current {
+                None => StoreError::NotFound(name.to_owned()),
+                Some(bytes) => {
+                    let current: ConnectionRecord = decode("connections", &bytes)?;
+                    StoreError::Conflict { name: name.to_owned(), current: current.version }
                 }
-                move_index_entry(index, name, &old, record)?;
-                connections.insert(name, encoded)?;
-                Ok(())
-            })
-            .map_err(flatten)
+            });
+        }
+        if moved && old.next_refresh_at_ms > 0 {
+            // Only the entry written for the old record: the same key may since hold another's.
+            let key = due_key(old.next_refresh_at_ms, name);
+            let value = entry_value(&old);
+            let legacy: &[u8] = &[];
+            for expected in [&value[..], legacy] {
+                if self.refresh_index.compare_and_swap(&key, Some(expected), None::<&[u8]>).map_err(engine)?.is_ok() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The refresh index entry `key` (with `value`) if it is due now; a stale one is removed
+    /// (unless a writer has just put a new entry under the same key).
+    fn live_entry(&self, key: &[u8], value: &[u8]) -> Result<Option<DueEntry>, StoreError> {
+        let entry =
+            parse_due_key(key).ok_or(StoreError::Corrupt { tree: "refresh_index", detail: "malformed key".into() })?;
+        let record = self.connection(&entry.name)?;
+        match entry_state(&entry, value, record.as_ref()) {
+            EntryState::Due => Ok(Some(entry)),
+            EntryState::Pending => Ok(None),
+            EntryState::Stale => {
+                let _ = self.refresh_index.compare_and_swap(key, Some(value), None::<&[u8]>).map_err(engine)?;
+                Ok(None)
+            }
+        }
     }
 
     /// The version-guarded write of a connection with its index entry and consent changes,
@@ -457,6 +541,94 @@ mod tests {
     use super::*;
 
     super::super::contract::store_contract_tests!(|| SledStore::temporary().unwrap());
+
+    fn scheduled(store: &SledStore, name: &str, expected: u64, next: i64) -> ConnectionRecord {
+        let before = ConnectionRecord { version: expected, ..Default::default() };
+        let record = ConnectionRecord { next_refresh_at_ms: next, ..Default::default() };
+        store.write_connection(ConnectionWrite::replacing(name, &before, record)).unwrap()
+    }
+
+    fn index_keys(store: &SledStore) -> Vec<DueEntry> {
+        store.refresh_index.iter().keys().map(|k| parse_due_key(&k.unwrap()).unwrap()).collect()
+    }
+
+    /// Entries left over by a lost race or a crash between the steps of a write (the record
+    /// moved on, or is gone, or the entry predates versioned entries) are never due: readers
+    /// drop them, and the scheduler's "earliest" skips them.
+    #[test]
+    fn leftover_index_entries_are_dropped() {
+        let store = SledStore::temporary().unwrap();
+        store
+            .insert_profile(&ProfileRecord { name: "a".into(), ..Default::default() }, &ConnectionRecord::default())
+            .unwrap();
+        let a = scheduled(&store, "a", 0, 500);
+        store.refresh_index.insert(due_key(300, "a"), &entry_value(&a)).unwrap();
+        store.refresh_index.insert(due_key(350, "a"), &[]).unwrap();
+        store.refresh_index.insert(due_key(200, "gone"), &7u64.to_be_bytes()).unwrap();
+        assert_eq!(store.earliest_due().unwrap(), Some(DueEntry { at_ms: 500, name: "a".into() }));
+        assert_eq!(store.due(1000, 10).unwrap(), vec![DueEntry { at_ms: 500, name: "a".into() }]);
+        assert_eq!(index_keys(&store), vec![DueEntry { at_ms: 500, name: "a".into() }], "leftovers removed");
+
+        // Unscheduled, with only leftovers in the index: nothing is due, and nothing remains.
+        scheduled(&store, "a", a.version, 0);
+        store.refresh_index.insert(due_key(100, "a"), &[]).unwrap();
+        assert_eq!(store.earliest_due().unwrap(), None);
+        assert!(index_keys(&store).is_empty());
+    }
+
+    /// An entry written ahead of its record (a write between its steps, or stopped there by a
+    /// crash) is neither due nor removed (the write may yet make it live), until the record
+    /// moves past its version: then it is stale and dropped.
+    #[test]
+    fn an_entry_ahead_of_its_record_waits_until_the_record_passes_it() {
+        let store = SledStore::temporary().unwrap();
+        store
+            .insert_profile(&ProfileRecord { name: "a".into(), ..Default::default() }, &ConnectionRecord::default())
+            .unwrap();
+        let a = scheduled(&store, "a", 0, 500);
+        store.refresh_index.insert(due_key(300, "a"), &(a.version + 1).to_be_bytes()).unwrap();
+        let live = DueEntry { at_ms: 500, name: "a".into() };
+        assert_eq!(store.due(1000, 10).unwrap(), vec![live.clone()]);
+        assert_eq!(store.earliest_due().unwrap(), Some(live.clone()));
+        assert_eq!(index_keys(&store), vec![DueEntry { at_ms: 300, name: "a".into() }, live], "kept");
+        // The next write of the record passes its version.
+        scheduled(&store, "a", a.version, 5000);
+        assert_eq!(store.due(1000, 10).unwrap(), vec![]);
+        assert_eq!(index_keys(&store), vec![DueEntry { at_ms: 5000, name: "a".into() }]);
+    }
+
+    /// Writers racing on one connection (version-guarded, each moving its time) leave exactly
+    /// one entry, at the time of the record that won the last write.
+    #[test]
+    fn racing_writers_leave_one_entry_at_the_record_time() {
+        let store = SledStore::temporary().unwrap();
+        store
+            .insert_profile(&ProfileRecord { name: "a".into(), ..Default::default() }, &ConnectionRecord::default())
+            .unwrap();
+        std::thread::scope(|scope| {
+            for writer in 0..4i64 {
+                let store = &store;
+                scope.spawn(move || {
+                    for i in 0..300i64 {
+                        let current = store.connection("a").unwrap().unwrap();
+                        let next = 1 + (i * 4 + writer) % 50;
+                        let record = ConnectionRecord { next_refresh_at_ms: next, ..current.clone() };
+                        let write = ConnectionWrite::replacing("a", &current, record);
+                        match store.write_connection(write) {
+                            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                });
+            }
+        });
+        let record = store.connection("a").unwrap().unwrap();
+        assert_eq!(
+            store.due(i64::MAX, 100).unwrap(),
+            vec![DueEntry { at_ms: record.next_refresh_at_ms, name: "a".into() }]
+        );
+        assert_eq!(index_keys(&store), vec![DueEntry { at_ms: record.next_refresh_at_ms, name: "a".into() }]);
+    }
 
     /// A second opener of the same directory gets `Locked`; a newer schema is refused.
     #[test]

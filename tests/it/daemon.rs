@@ -592,6 +592,13 @@ async fn metrics_and_audit() {
     ] {
         assert!(metrics.contains(wanted), "{wanted} in:\n{metrics}");
     }
+    // The consent and the refresh each stored a rotated refresh token: flushed, each by a flush
+    // of its own or one shared.
+    let value = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok());
+    let flushes = value("tokend_store_flushes_total ").unwrap_or(0);
+    let waits = value("tokend_store_flush_waits_total ").unwrap_or(0);
+    assert!(flushes >= 1 && waits >= 2 && waits >= flushes, "{flushes} flushes for {waits} writers in:\n{metrics}");
+    assert_eq!(value("tokend_store_flush_duration_seconds_count "), Some(flushes));
 
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {

@@ -129,7 +129,7 @@ fn move_index_entry(
 }
 
 /// The value of a refresh index entry: the version of the connection record it was written for
-/// (big-endian). Entries written before tokend 0.x held no value; they read as version 0.
+/// (big-endian). Entries written by earlier tokend versions hold no value: they read as version 0.
 fn entry_value(record: &ConnectionRecord) -> [u8; 8] {
     record.version.to_be_bytes()
 }

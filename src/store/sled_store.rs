@@ -557,6 +557,13 @@ mod tests {
         store.write_connection(ConnectionWrite::replacing(name, &before, record)).unwrap()
     }
 
+    fn store_with_profile_a() -> SledStore {
+        let store = SledStore::temporary().unwrap();
+        let profile = ProfileRecord { name: "a".into(), ..Default::default() };
+        store.insert_profile(&profile, &ConnectionRecord::default()).unwrap();
+        store
+    }
+
     fn index_keys(store: &SledStore) -> Vec<DueEntry> {
         store.refresh_index.iter().keys().map(|k| parse_due_key(&k.unwrap()).unwrap()).collect()
     }
@@ -566,10 +573,7 @@ mod tests {
     /// drop them, and the scheduler's "earliest" skips them.
     #[test]
     fn leftover_index_entries_are_dropped() {
-        let store = SledStore::temporary().unwrap();
-        store
-            .insert_profile(&ProfileRecord { name: "a".into(), ..Default::default() }, &ConnectionRecord::default())
-            .unwrap();
+        let store = store_with_profile_a();
         let a = scheduled(&store, "a", 0, 500);
         store.refresh_index.insert(due_key(300, "a"), &entry_value(&a)).unwrap();
         store.refresh_index.insert(due_key(350, "a"), &[]).unwrap();
@@ -595,10 +599,7 @@ mod tests {
     /// moves past its version: then it is stale and dropped.
     #[test]
     fn an_entry_ahead_of_its_record_waits_until_the_record_passes_it() {
-        let store = SledStore::temporary().unwrap();
-        store
-            .insert_profile(&ProfileRecord { name: "a".into(), ..Default::default() }, &ConnectionRecord::default())
-            .unwrap();
+        let store = store_with_profile_a();
         let a = scheduled(&store, "a", 0, 500);
         store.refresh_index.insert(due_key(300, "a"), &(a.version + 1).to_be_bytes()).unwrap();
         let live = DueEntry { at_ms: 500, name: "a".into() };
@@ -615,10 +616,7 @@ mod tests {
     /// one entry, at the time of the record that won the last write.
     #[test]
     fn racing_writers_leave_one_entry_at_the_record_time() {
-        let store = SledStore::temporary().unwrap();
-        store
-            .insert_profile(&ProfileRecord { name: "a".into(), ..Default::default() }, &ConnectionRecord::default())
-            .unwrap();
+        let store = store_with_profile_a();
         std::thread::scope(|scope| {
             for writer in 0..4i64 {
                 let store = &store;

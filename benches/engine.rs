@@ -195,7 +195,7 @@ fn daemon_child(args: &Args, dir: &Path) {
     // subscriber, tracing's `log` feature (on in this build through sqlx) would offer every span
     // of the stack to the `log` crate, a cost no daemon pays.
     tokend::telemetry::init(tokend::config::LogFormat::Json, args.value("--log-level").unwrap_or("warn"));
-    support::runtime().block_on(async move {
+    support::daemon_runtime().block_on(async move {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let clock: Arc<dyn Clock> = Arc::new(OffsetClock(offset_ms));
         let options = StartOptions { clock: Arc::clone(&clock), jitter: Arc::new(RandomJitter), env_key: None };

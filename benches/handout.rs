@@ -129,7 +129,7 @@ fn serve_a(args: &Args) {
     // The daemon's own log subscriber, as `tokend` installs it (JSON lines, level info, to
     // stderr): what a production daemon pays per call for the stack's spans and events.
     tokend::telemetry::init(tokend::config::LogFormat::Json, "info");
-    support::runtime().block_on(async {
+    support::daemon_runtime().block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let provider = fake_provider::FakeProvider::start().await;
         let fast = support::fast_provider::FastProvider::start(0).await;

@@ -223,7 +223,12 @@ pub fn machine_summary() -> String {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
-    format!("{cpus} CPUs ({}), {:.1} GiB memory", model.unwrap_or("unknown model"), mem_kib as f64 / 1048576.0)
+    let lifo = if tokend::daemon::LIFO_SLOT_DISABLED { "off" } else { "on" };
+    format!(
+        "{cpus} CPUs ({}), {:.1} GiB memory; the daemon's tokio LIFO slot {lifo}",
+        model.unwrap_or("unknown model"),
+        mem_kib as f64 / 1048576.0
+    )
 }
 
 /// The 1-, 5- and 15-minute load averages (`/proc/loadavg`), to tell a quiet machine from a busy one.
@@ -249,6 +254,14 @@ pub async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> boo
 pub fn runtime() -> tokio::runtime::Runtime {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().expect("tokio runtime")
+}
+
+/// The runtime `tokend` runs on ([`tokend::daemon::build_runtime`]), with one worker per CPU this
+/// process may run on: for the benchmarks' daemons (clients and the bare server keep tokio's
+/// defaults, [`runtime`]).
+pub fn daemon_runtime() -> tokio::runtime::Runtime {
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    tokend::daemon::build_runtime(Some(workers)).expect("tokio runtime")
 }
 
 /// Where a profile's provider lives (the fake provider's endpoints).

@@ -169,7 +169,7 @@ fn mint_token(role: Role, name: &str, profiles: &[String]) -> ExitCode {
 fn serve(config: Config, cli: Cli) -> ExitCode {
     tokend::telemetry::init(config.log.format, &config.log.level);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokend::daemon::build_runtime(None) {
         Ok(rt) => rt,
         Err(e) => return fail(&format_args!("starting the runtime: {e}"), 1),
     };

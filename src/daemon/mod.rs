@@ -4,6 +4,7 @@
 pub mod backup;
 mod bootstrap;
 mod listeners;
+mod runtime;
 pub mod signals;
 mod start;
 mod systemd;
@@ -24,6 +25,7 @@ use crate::config::Config;
 use crate::engine::{Engine, Scheduler};
 
 pub use bootstrap::ensure_data_dir;
+pub use runtime::{LIFO_SLOT_DISABLED, build_runtime};
 use start::{ListenerTls, bind, caller_configs, grpc_tls, http_tls, open_storage, serve, start_engine};
 
 /// Why the daemon could not start. Each kind has its own exit code, so systemd can tell a

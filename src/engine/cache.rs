@@ -2,12 +2,13 @@
 //! in a sharded map (no global lock); a slot's state is swapped atomically, so readers never
 //! wait, never touch the store and never decrypt.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use secrecy::SecretString;
 use tokio::sync::{Mutex, watch};
+use zeroize::Zeroizing;
 
 use crate::api::pb;
 use crate::clock::UnixMillis;
@@ -28,6 +29,19 @@ pub struct HotToken {
     pub scopes: Arc<[String]>,
     /// Grows with every new token of the profile.
     pub token_version: u64,
+    /// This token's reply as the gRPC surface encodes it, made by the first watch stream that
+    /// sends it and copied by the others: a refresh fans out to thousands of streams of one
+    /// profile, which would otherwise each build and encode the same message (#17). Holds the
+    /// token, so it is zeroized with it.
+    pub wire: OnceLock<WireReply>,
+}
+
+/// A token's reply, encoded ([`HotToken::wire`]).
+pub struct WireReply {
+    /// The profile name the reply carries.
+    pub name: Box<str>,
+    /// The encoded message.
+    pub bytes: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for HotToken {

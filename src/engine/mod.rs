@@ -25,13 +25,13 @@ mod scheduler;
 mod watch;
 mod write;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, broadcast};
 
-pub use cache::{HotToken, SlotState};
+pub use cache::{HotToken, SlotState, WireReply};
 pub use error::EngineError;
 pub use handout::Handout;
 pub use metrics::{EngineMetrics, EngineSnapshot, OutcomeLabel, TransitionLabel, status_label};
@@ -231,6 +231,7 @@ impl Engine {
                     issued_at_ms: c.last_refreshed_at_ms,
                     scopes: c.scopes.clone().into(),
                     token_version: c.token_version,
+                    wire: OnceLock::new(),
                 })),
                 Err(e) => {
                     tracing::error!(profile = name, error = %e, "stored access token does not open");

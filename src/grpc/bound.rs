@@ -2,9 +2,13 @@
 //! ends when a reload removes the caller (`UNAUTHENTICATED`) or changes it so that it may no
 //! longer have what the stream sends (`PERMISSION_DENIED`), or when the daemon shuts down.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 
+use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt as _};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
@@ -20,45 +24,97 @@ pub type Allowed = Box<dyn Fn(&Caller) -> Result<(), Status> + Send + Sync>;
 /// The reloads of the caller table, each the caller as the new table has it.
 type Reloads = Pin<Box<dyn Stream<Item = Result<Arc<Caller>, CallerGone>> + Send>>;
 
-/// The state of a bound stream between two items. Both waits (the shutdown token, the caller
-/// table's reloads) live as long as the stream: a fresh wait per item would register with, and
-/// leave, a waiter list that every open stream shares, once per item (#17: a refresh delivered
-/// to 10,000 streams did that 20,000 times).
+/// The waker a bound stream's two side waits (shutdown, reloads) are polled with: it notes that
+/// one of them was woken, then wakes the stream's task. Until it is woken the side waits are not
+/// polled again: both stay registered from their last poll, and polling them costs two locks of
+/// lists every open stream shares (#17: a refresh delivered to 10,000 streams polled them 40,000
+/// times).
+#[derive(Debug)]
+struct SideWake {
+    /// A side wait was woken (or was never polled) since it was last polled.
+    woken: AtomicBool,
+    /// The stream's task.
+    task: AtomicWaker,
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// A stream bound to its caller (see [`bound_to_caller`]). Both side waits live as long as the
+/// stream: a fresh wait per item would register with, and leave, a waiter list that every open
+/// stream shares, once per item.
 struct Bound<T> {
     inner: Replies<T>,
     reloads: Reloads,
     allowed: Allowed,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// An error was sent: the stream ends after it.
+    side: Arc<SideWake>,
+    /// `side` as a waker, made once.
+    side_waker: Waker,
+    /// An error was sent, or the daemon is shutting down: nothing more.
     ended: bool,
 }
 
 impl<T> Bound<T> {
-    /// The next item: the inner stream's, or the error that ends the stream because a reload
-    /// removed or changed the caller; `None` at shutdown or when the inner stream ends.
-    async fn next(&mut self) -> Option<Result<T, Status>> {
-        if self.ended {
+    /// Polls the side waits, if one was woken: `Some` ends the stream (`None` inside: shutdown,
+    /// an error: the reload that removed or changed the caller).
+    fn poll_side(&mut self) -> Option<Option<Status>> {
+        if !self.side.woken.swap(false, Ordering::AcqRel) {
             return None;
         }
-        let item = loop {
-            tokio::select! {
-                biased;
-                () = &mut self.shutdown => return None,
-                Some(reloaded) = self.reloads.next() => match reloaded {
-                    Err(gone) => break Err(removed(&gone)),
-                    Ok(caller) => match (self.allowed)(&caller) {
-                        Ok(()) => continue,
-                        Err(refusal) => break Err(changed(&caller, refusal)),
-                    },
-                },
-                item = self.inner.next() => break item?,
+        let mut side = Context::from_waker(&self.side_waker);
+        if self.shutdown.as_mut().poll(&mut side).is_ready() {
+            return Some(None);
+        }
+        while let Poll::Ready(Some(reloaded)) = self.reloads.poll_next_unpin(&mut side) {
+            match reloaded {
+                Err(gone) => return Some(Some(removed(&gone))),
+                Ok(caller) => {
+                    if let Err(refusal) = (self.allowed)(&caller) {
+                        return Some(Some(changed(&caller, refusal)));
+                    }
+                }
             }
+        }
+        None
+    }
+}
+
+impl<T> Stream for Bound<T> {
+    type Item = Result<T, Status>;
+
+    /// The side waits first (a reload that refuses the caller ends the stream before any item
+    /// it may no longer have), then the inner stream's next item.
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        this.side.task.register(cx.waker());
+        let item = match this.poll_side() {
+            Some(None) => {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
+            Some(Some(refusal)) => Some(Err(refusal)),
+            None => match this.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(item) => item,
+            },
         };
-        if let Err(status) = &item {
-            self.ended = true;
+        if let Some(Err(status)) = &item {
+            this.ended = true;
             tracing::info!(code = ?status.code(), message = status.message(), "watch stream ended");
         }
-        Some(item)
+        Poll::Ready(item)
     }
 }
 
@@ -73,19 +129,28 @@ pub fn bound_to_caller<T: Send + 'static>(
 ) -> Replies<T> {
     // `reloaded` is cancel-safe, and the stream keeps the one wait in progress between items.
     let reloads = futures::stream::unfold(watch, |mut watch| async move { Some((watch.reloaded().await, watch)) });
-    let state = Bound {
+    Box::pin(bind(inner, Box::pin(reloads), allowed, &shutdown))
+}
+
+/// `inner` bound to the caller whose `reloads` are given.
+fn bind<T>(inner: Replies<T>, reloads: Reloads, allowed: Allowed, shutdown: &CancellationToken) -> Bound<T> {
+    let side = Arc::new(SideWake { woken: AtomicBool::new(true), task: AtomicWaker::new() });
+    Bound {
         inner,
-        reloads: Box::pin(reloads),
+        reloads,
         allowed,
-        shutdown: Box::pin(shutdown.cancelled_owned()),
+        shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+        side_waker: Waker::from(Arc::clone(&side)),
+        side,
         ended: false,
-    };
-    Box::pin(futures::stream::unfold(state, |mut state| async move { state.next().await.map(|item| (item, state)) }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use std::sync::atomic::AtomicUsize;
 
     use tokio_stream::wrappers::ReceiverStream;
 
@@ -145,5 +210,56 @@ mod tests {
         }
         shutdown.cancel();
         assert!(next(&mut stream).await.is_none(), "shutdown ends a stream waiting for an item");
+    }
+
+    /// Where a test sends reloads.
+    type ReloadSender = tokio::sync::mpsc::UnboundedSender<Result<Arc<Caller>, CallerGone>>;
+
+    /// Reloads sent on the returned sender; the counter counts the polls of the stream.
+    fn counted_reloads() -> (ReloadSender, Arc<AtomicUsize>, Reloads) {
+        let (reloads, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&polls);
+        let stream = futures::stream::poll_fn(move |cx| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            receiver.poll_recv(cx)
+        });
+        (reloads, polls, Box::pin(stream))
+    }
+
+    /// The side waits are polled when they are woken, not once per item: a refresh delivered
+    /// to 10,000 streams must not poll 10,000 reload waits (#17). They are still woken: a
+    /// reload after many items ends the stream.
+    #[tokio::test]
+    async fn items_do_not_poll_the_side_waits() {
+        let (items, receiver) = tokio::sync::mpsc::channel(4);
+        let inner: Replies<u32> = Box::pin(ReceiverStream::new(receiver).map(Ok));
+        let (reloads, polls, reload_stream) = counted_reloads();
+        let mut stream = bind(inner, reload_stream, Box::new(|_| Ok(())), &CancellationToken::new());
+        for i in 0..100 {
+            items.send(i).await.unwrap();
+            assert_eq!(stream.next().await.unwrap().unwrap(), i);
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "polled once, to register");
+        reloads.send(Err(CallerGone("worker".into()))).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    }
+
+    /// A reload that refuses the caller ends the stream before an item it may no longer have,
+    /// even when the item was ready first.
+    #[tokio::test]
+    async fn a_refusing_reload_goes_before_a_ready_item() {
+        let (items, receiver) = tokio::sync::mpsc::channel(4);
+        let inner: Replies<u32> = Box::pin(ReceiverStream::new(receiver).map(Ok));
+        let (reloads, _, reload_stream) = counted_reloads();
+        let mut stream = bind(inner, reload_stream, Box::new(|_| Ok(())), &CancellationToken::new());
+        items.send(1).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+        items.send(2).await.unwrap();
+        reloads.send(Err(CallerGone("worker".into()))).unwrap();
+        let ended = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+        assert!(stream.next().await.is_none(), "nothing after the error");
     }
 }

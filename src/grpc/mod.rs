@@ -14,6 +14,7 @@ pub use crate::access::peer_limit;
 mod status;
 pub mod tls;
 mod tokens;
+mod watch_wire;
 
 use std::sync::Arc;
 
@@ -69,10 +70,10 @@ pub async fn routes(
     let maintenance = pb::maintenance_server::MaintenanceServer::new(MaintenanceService::new(Arc::clone(&admin)))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    let tokens =
-        pb::tokens_server::TokensServer::new(TokensService::new(Arc::clone(admin.engine()), callers.clone(), shutdown))
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes);
+    let tokens = watch_wire::TokensRoutes::new(
+        TokensService::new(Arc::clone(admin.engine()), callers.clone(), shutdown),
+        max_message_bytes,
+    );
     reporter.set_serving::<pb::connected_apps_server::ConnectedAppsServer<ConnectedAppsService>>().await;
     reporter.set_serving::<pb::tokens_server::TokensServer<TokensService>>().await;
     reporter.set_serving::<pb::maintenance_server::MaintenanceServer<MaintenanceService>>().await;

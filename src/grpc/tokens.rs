@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{Callers, caller, caller_watch};
 use super::bound::{Replies, bound_to_caller};
 use super::status::to_status;
+use super::watch_wire::WatchReply;
 use crate::api::pb;
 use crate::api::pb::tokens_server::Tokens;
 use crate::engine::{Engine, HotToken, TokenUpdate};
@@ -31,6 +32,38 @@ impl TokensService {
     pub fn new(engine: Arc<Engine>, callers: Callers, shutdown: CancellationToken) -> Self {
         Self { engine, callers, shutdown }
     }
+
+    /// `WatchAccessToken`: the token now, then each newer one as soon as it is published, until
+    /// the profile is deleted, the caller loses it in a reload, or the daemon stops.
+    pub(super) async fn watch_replies(
+        &self,
+        request: Request<pb::WatchAccessTokenRequest>,
+    ) -> Result<Replies<WatchReply>, Status> {
+        let watch = caller_watch(&self.callers, &request)?;
+        let request = request.into_inner();
+        let current = watch.current();
+        current.load().require_token(&request.name)?;
+        let min = min_valid_for(request.min_valid_for.as_ref())?;
+        let name: Arc<str> = request.name.into();
+        // Subscribe first, so a refresh between the first answer and the subscription is seen.
+        let token_watch = self.engine.watch_token(&name);
+        let first = self.engine.access_token(&name, min).await.map_err(to_status)?;
+        current.load().handouts.record(&name, first.at_ms, first.token.token_version);
+        let engine = Arc::clone(&self.engine);
+        let stream_name = Arc::clone(&name);
+        let updates = token_watch.updates(first.token.token_version).map(move |update| match update {
+            TokenUpdate::Deleted => Err(Status::not_found(format!("profile {stream_name:?} was deleted"))),
+            TokenUpdate::Token(token) => {
+                // The caller as it now stands: a reload's audit writer reads that one's tallies.
+                current.load().handouts.record(&stream_name, engine.clock().now_ms(), token.token_version);
+                Ok(WatchReply { name: Arc::clone(&stream_name), token })
+            }
+        });
+        let first = WatchReply { name: Arc::clone(&name), token: first.token };
+        let replies = Box::pin(tokio_stream::once(Ok(first)).chain(updates));
+        let allowed = Box::new(move |caller: &crate::access::Caller| Ok(caller.require_token(&name)?));
+        Ok(bound_to_caller(replies, watch, allowed, self.shutdown.clone()))
+    }
 }
 
 fn min_valid_for(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, Status> {
@@ -42,7 +75,8 @@ fn min_valid_for(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, 
     }
 }
 
-fn reply(name: String, token: &HotToken) -> pb::AccessToken {
+/// The reply that hands `token` out as profile `name`.
+pub(super) fn reply(name: String, token: &HotToken) -> pb::AccessToken {
     pb::AccessToken {
         name,
         access_token: token.access_token.expose_secret().to_owned(),
@@ -71,34 +105,13 @@ impl Tokens for TokensService {
 
     type WatchAccessTokenStream = Replies<pb::AccessToken>;
 
+    /// Served by [`super::watch_wire::TokensRoutes`], which encodes each token's reply once for
+    /// all its streams; this typed form of the same replies is for in-process callers.
     async fn watch_access_token(
         &self,
         request: Request<pb::WatchAccessTokenRequest>,
     ) -> Result<Response<Self::WatchAccessTokenStream>, Status> {
-        let watch = caller_watch(&self.callers, &request)?;
-        let request = request.into_inner();
-        let current = watch.current();
-        current.load().require_token(&request.name)?;
-        let min = min_valid_for(request.min_valid_for.as_ref())?;
-        let name = request.name;
-        // Subscribe first, so a refresh between the first answer and the subscription is seen.
-        let token_watch = self.engine.watch_token(&name);
-        let first = self.engine.access_token(&name, min).await.map_err(to_status)?;
-        current.load().handouts.record(&name, first.at_ms, first.token.token_version);
-        let engine = Arc::clone(&self.engine);
-        let stream_name = name.clone();
-        let updates = token_watch.updates(first.token.token_version).map(move |update| {
-            match update {
-                TokenUpdate::Deleted => Err(Status::not_found(format!("profile {stream_name:?} was deleted"))),
-                TokenUpdate::Token(token) => {
-                    // The caller as it now stands: a reload's audit writer reads that one's tallies.
-                    current.load().handouts.record(&stream_name, engine.clock().now_ms(), token.token_version);
-                    Ok(reply(stream_name.clone(), &token))
-                }
-            }
-        });
-        let replies = Box::pin(tokio_stream::once(Ok(reply(name.clone(), &first.token))).chain(updates));
-        let allowed = Box::new(move |caller: &crate::access::Caller| Ok(caller.require_token(&name)?));
-        Ok(Response::new(bound_to_caller(replies, watch, allowed, self.shutdown.clone())))
+        let replies = self.watch_replies(request).await?;
+        Ok(Response::new(Box::pin(replies.map(|sent| sent.map(pb::AccessToken::from)))))
     }
 }

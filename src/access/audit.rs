@@ -14,11 +14,22 @@ use crate::clock::UnixMillis;
 
 /// Hand-outs of one profile's tokens to one caller since the last write.
 #[derive(Debug, Default)]
-struct Tally {
+pub struct Tally {
     count: AtomicU64,
     first_ms: AtomicI64,
     last_ms: AtomicI64,
     token_version: AtomicU64,
+}
+
+impl Tally {
+    /// Counts one hand-out, at `now`, of version `token_version`.
+    pub fn record(&self, now: UnixMillis, token_version: u64) {
+        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.first_ms.store(now, Ordering::Relaxed);
+        }
+        self.last_ms.store(now, Ordering::Relaxed);
+        self.token_version.store(token_version, Ordering::Relaxed);
+    }
 }
 
 /// One caller's hand-out tallies, by profile.
@@ -31,15 +42,17 @@ pub struct HandoutTallies {
 impl HandoutTallies {
     /// Counts one hand-out. Allocates only the first time a caller gets a profile's token.
     pub fn record(&self, profile: &str, now: UnixMillis, token_version: u64) {
-        let tally = match self.by_profile.get(profile) {
+        self.tally(profile).record(now, token_version);
+    }
+
+    /// The tally of `profile`, for a caller that counts many hand-outs of it (a watch stream)
+    /// without looking it up each time. Stays the one this caller's writes read: a tally is
+    /// never taken out of the map.
+    pub fn tally(&self, profile: &str) -> Arc<Tally> {
+        match self.by_profile.get(profile) {
             Some(tally) => Arc::clone(&tally),
             None => Arc::clone(&self.by_profile.entry(profile.to_owned()).or_default()),
-        };
-        if tally.count.fetch_add(1, Ordering::Relaxed) == 0 {
-            tally.first_ms.store(now, Ordering::Relaxed);
         }
-        tally.last_ms.store(now, Ordering::Relaxed);
-        tally.token_version.store(token_version, Ordering::Relaxed);
     }
 
     /// Writes and resets the tallies gathered since the last write, one audit record per profile.

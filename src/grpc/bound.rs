@@ -59,17 +59,17 @@ struct Bound<T> {
     side: Arc<SideWake>,
     /// `side` as a waker, made once.
     side_waker: Waker,
+    /// The task waker last handed to `side` (registering it again costs two atomic swaps per
+    /// poll; a stream's task keeps its waker).
+    registered: Option<Waker>,
     /// An error was sent, or the daemon is shutting down: nothing more.
     ended: bool,
 }
 
 impl<T> Bound<T> {
-    /// Polls the side waits, if one was woken: `Some` ends the stream (`None` inside: shutdown,
+    /// Polls the side waits (one was woken): `Some` ends the stream (`None` inside: shutdown,
     /// an error: the reload that removed or changed the caller).
     fn poll_side(&mut self) -> Option<Option<Status>> {
-        if !self.side.woken.swap(false, Ordering::AcqRel) {
-            return None;
-        }
         let mut side = Context::from_waker(&self.side_waker);
         if self.shutdown.as_mut().poll(&mut side).is_ready() {
             return Some(None);
@@ -98,8 +98,14 @@ impl<T> Stream for Bound<T> {
         if this.ended {
             return Poll::Ready(None);
         }
-        this.side.task.register(cx.waker());
-        let item = match this.poll_side() {
+        // `side` gives its waker away when it wakes the task, and sets `woken` first: then (or
+        // for a new task waker) register again, before polling the side waits.
+        let woken = this.side.woken.load(Ordering::Acquire) && this.side.woken.swap(false, Ordering::AcqRel);
+        if woken || !this.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            this.side.task.register(cx.waker());
+            this.registered = Some(cx.waker().clone());
+        }
+        let item = match woken.then(|| this.poll_side()).flatten() {
             Some(None) => {
                 this.ended = true;
                 return Poll::Ready(None);
@@ -142,6 +148,7 @@ fn bind<T>(inner: Replies<T>, reloads: Reloads, allowed: Allowed, shutdown: &Can
         shutdown: Box::pin(shutdown.clone().cancelled_owned()),
         side_waker: Waker::from(Arc::clone(&side)),
         side,
+        registered: None,
         ended: false,
     }
 }
@@ -241,6 +248,15 @@ mod tests {
             assert_eq!(stream.next().await.unwrap().unwrap(), i);
         }
         assert_eq!(polls.load(Ordering::Relaxed), 1, "polled once, to register");
+        // A reload that keeps the caller wakes the side waits once; the next one is still seen.
+        let callers = Callers::new(&[consumer(&["mail-*"])]);
+        let caller = CallerWatch::new(&callers, Credential::of_token("t"), "worker").unwrap().current().load_full();
+        reloads.send(Ok(caller)).unwrap();
+        for i in 100..110 {
+            items.send(i).await.unwrap();
+            assert_eq!(stream.next().await.unwrap().unwrap(), i);
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 3, "polled again when woken: the reload, then pending");
         reloads.send(Err(CallerGone("worker".into()))).unwrap();
         let ended = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap_err();
         assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");

@@ -12,6 +12,8 @@ use super::auth::{Callers, caller, caller_watch};
 use super::bound::{Replies, bound_to_caller};
 use super::status::to_status;
 use super::watch_wire::WatchReply;
+use crate::access::Caller;
+use crate::access::audit::Tally;
 use crate::api::pb;
 use crate::api::pb::tokens_server::Tokens;
 use crate::engine::{Engine, HotToken, TokenUpdate};
@@ -51,11 +53,17 @@ impl TokensService {
         current.load().handouts.record(&name, first.at_ms, first.token.token_version);
         let engine = Arc::clone(&self.engine);
         let stream_name = Arc::clone(&name);
+        // The tally this stream counts in, looked up again only when a reload replaced the caller.
+        let mut tallied = TalliedCaller::of(current.load_full(), &name);
         let updates = token_watch.updates(first.token.token_version).map(move |update| match update {
             TokenUpdate::Deleted => Err(Status::not_found(format!("profile {stream_name:?} was deleted"))),
             TokenUpdate::Token(token) => {
                 // The caller as it now stands: a reload's audit writer reads that one's tallies.
-                current.load().handouts.record(&stream_name, engine.clock().now_ms(), token.token_version);
+                let caller = current.load();
+                if !Arc::ptr_eq(&caller, &tallied.caller) {
+                    tallied = TalliedCaller::of(Arc::clone(&caller), &stream_name);
+                }
+                tallied.tally.record(engine.clock().now_ms(), token.token_version);
                 Ok(WatchReply { name: Arc::clone(&stream_name), token })
             }
         });
@@ -63,6 +71,19 @@ impl TokensService {
         let replies = Box::pin(tokio_stream::once(Ok(first)).chain(updates));
         let allowed = Box::new(move |caller: &crate::access::Caller| Ok(caller.require_token(&name)?));
         Ok(bound_to_caller(replies, watch, allowed, self.shutdown.clone()))
+    }
+}
+
+/// A caller and its hand-out tally of one profile.
+struct TalliedCaller {
+    caller: Arc<Caller>,
+    tally: Arc<Tally>,
+}
+
+impl TalliedCaller {
+    fn of(caller: Arc<Caller>, profile: &str) -> Self {
+        let tally = caller.handouts.tally(profile);
+        Self { caller, tally }
     }
 }
 

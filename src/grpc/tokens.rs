@@ -50,11 +50,11 @@ impl TokensService {
         // Subscribe first, so a refresh between the first answer and the subscription is seen.
         let token_watch = self.engine.watch_token(&name);
         let first = self.engine.access_token(&name, min).await.map_err(to_status)?;
-        current.load().handouts.record(&name, first.at_ms, first.token.token_version);
-        let engine = Arc::clone(&self.engine);
-        let stream_name = Arc::clone(&name);
         // The tally this stream counts in, looked up again only when a reload replaced the caller.
         let mut tallied = TalliedCaller::of(current.load_full(), &name);
+        tallied.tally.record(first.at_ms, first.token.token_version);
+        let engine = Arc::clone(&self.engine);
+        let stream_name = Arc::clone(&name);
         let updates = token_watch.updates(first.token.token_version).map(move |update| match update {
             TokenUpdate::Deleted => Err(Status::not_found(format!("profile {stream_name:?} was deleted"))),
             TokenUpdate::Token(token) => {
@@ -69,7 +69,7 @@ impl TokensService {
         });
         let first = WatchReply { name: Arc::clone(&name), token: first.token };
         let replies = Box::pin(tokio_stream::once(Ok(first)).chain(updates));
-        let allowed = Box::new(move |caller: &crate::access::Caller| Ok(caller.require_token(&name)?));
+        let allowed = Box::new(move |caller: &Caller| Ok(caller.require_token(&name)?));
         Ok(bound_to_caller(replies, watch, allowed, self.shutdown.clone()))
     }
 }
@@ -126,8 +126,9 @@ impl Tokens for TokensService {
 
     type WatchAccessTokenStream = Replies<pb::AccessToken>;
 
-    /// Served by [`super::watch_wire::TokensRoutes`], which encodes each token's reply once for
-    /// all its streams; this typed form of the same replies is for in-process callers.
+    /// The generated trait's form of the method: what a `TokensServer` alone would serve. The
+    /// daemon serves `WatchAccessToken` through [`super::watch_wire::TokensRoutes`] instead, which
+    /// sends the same replies, encoded once per token for all its streams.
     async fn watch_access_token(
         &self,
         request: Request<pb::WatchAccessTokenRequest>,

@@ -234,3 +234,49 @@ async fn declared_profiles_keep_secrets_where_they_were() {
     assert_eq!(elsewhere.refresh_requests(), 0);
     daemon.stop().await;
 }
+
+/// The next token on `stream`, within 5 s.
+async fn next_token(stream: &mut Streaming<pb::AccessToken>) -> pb::AccessToken {
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+    next.expect("a token in time").expect("no error").expect("a token")
+}
+
+/// Item 6 and the audit trail: a `WatchAccessToken` stream's hand-outs are tallied on its caller
+/// as it stands. The stream keeps its tally between items (#17); a reload that keeps the caller
+/// writes the tallies so far and moves the stream to the reloaded caller's, so every hand-out is
+/// audited once: three tokens, a total count of three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_stream_hand_outs_are_audited_across_a_reload() {
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start_with(|c| c.audit.handout_interval_secs = 1, None).await;
+    let mut apps = daemon.apps(ADMIN).await;
+    create_and_connect(&mut apps, "mail-tallied", &provider).await;
+    let mut tokens = daemon.tokens(CONSUMER).await;
+    let request = pb::WatchAccessTokenRequest { name: "mail-tallied".into(), min_valid_for: None };
+    let mut stream = tokens.watch_access_token(request).await.unwrap().into_inner();
+    next_token(&mut stream).await;
+    apps.refresh_now(pb::RefreshNowRequest { name: "mail-tallied".into() }).await.expect("refresh");
+    next_token(&mut stream).await;
+    let widened = with_caller(&daemon, "mail-worker", |c| {
+        c.profiles.push("files-*".into());
+        true
+    });
+    daemon.daemon().reload_handle().reload(&widened).await.expect("reload");
+    apps.refresh_now(pb::RefreshNowRequest { name: "mail-tallied".into() }).await.expect("refresh");
+    next_token(&mut stream).await;
+
+    // Tallies are written every second (and at the reload): add up this profile's records.
+    let counted = || {
+        logs()
+            .lines()
+            .filter(|l| l.contains("token hand-outs") && l.contains("caller=mail-worker") && l.contains("mail-tallied"))
+            .filter_map(|l| l.split("count=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while counted() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted(), 3, "every hand-out audited once");
+    daemon.stop().await;
+}

@@ -16,11 +16,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use super::StartError;
+use crate::grpc::GrpcRoutes;
 use crate::grpc::tls::{self, SharedTlsConfig};
 
 /// A serving gRPC listener.
@@ -77,7 +77,7 @@ pub(crate) fn http_incoming(listener: TcpListener) -> impl axum::serve::Listener
 
 /// Serves `routes` on the TCP listener, through TLS when `tls` is set.
 pub fn serve_tcp(
-    routes: Routes,
+    routes: GrpcRoutes,
     listener: TcpListener,
     tls: Option<SharedTlsConfig>,
     shutdown: CancellationToken,
@@ -88,9 +88,9 @@ pub fn serve_tcp(
     match tls {
         Some(tls) => {
             let incoming = tls::incoming(incoming, tls, shutdown);
-            tokio::spawn(server().add_routes(routes).serve_with_incoming_shutdown(incoming, stop))
+            tokio::spawn(server().serve_with_incoming_shutdown(routes, incoming, stop))
         }
-        None => tokio::spawn(server().add_routes(routes).serve_with_incoming_shutdown(incoming, stop)),
+        None => tokio::spawn(server().serve_with_incoming_shutdown(routes, incoming, stop)),
     }
 }
 
@@ -230,11 +230,12 @@ fn bind_privately(inside: &Path, path: &Path, mode: u32) -> Result<UnixListener,
 }
 
 /// Serves `routes` on the Unix socket; the socket file is removed when serving ends.
-pub fn serve_unix(routes: Routes, listener: UnixListener, path: PathBuf, shutdown: CancellationToken) -> ServeTask {
+pub fn serve_unix(routes: GrpcRoutes, listener: UnixListener, path: PathBuf, shutdown: CancellationToken) -> ServeTask {
     tokio::spawn(async move {
         let result = server()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move { shutdown.cancelled().await })
+            .serve_with_incoming_shutdown(routes, UnixListenerStream::new(listener), async move {
+                shutdown.cancelled().await
+            })
             .await;
         let _ = std::fs::remove_file(&path);
         result

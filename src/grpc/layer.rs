@@ -78,14 +78,21 @@ impl RequestLayer {
     }
 }
 
+impl RequestLayer {
+    /// `inner`, the service named `name` (its methods' paths begin `/name/`), behind this layer.
+    pub fn named<S>(&self, name: &str, inner: S) -> RequestService<S> {
+        let prefix = format!("/{name}/");
+        let methods: Arc<[(Box<str>, MethodMetrics)]> =
+            self.shared.methods.iter().filter(|(path, _)| path.starts_with(&prefix)).cloned().collect();
+        RequestService { inner, shared: Arc::clone(&self.shared), methods, authenticate: self.authenticate }
+    }
+}
+
 impl<S: NamedService> Layer<S> for RequestLayer {
     type Service = RequestService<S>;
 
     fn layer(&self, inner: S) -> RequestService<S> {
-        let prefix = format!("/{}/", S::NAME);
-        let methods: Arc<[(Box<str>, MethodMetrics)]> =
-            self.shared.methods.iter().filter(|(path, _)| path.starts_with(&prefix)).cloned().collect();
-        RequestService { inner, shared: Arc::clone(&self.shared), methods, authenticate: self.authenticate }
+        self.named(S::NAME, inner)
     }
 }
 
@@ -204,6 +211,13 @@ pub struct ResponseFuture<F> {
     inner: Option<F>,
     refused: Option<Status>,
     count: Option<Count>,
+}
+
+impl<F> ResponseFuture<F> {
+    /// The answer to a call of no service here: `status`, counted under no method.
+    pub fn refused(status: Status) -> Self {
+        Self { inner: None, refused: Some(status), count: None }
+    }
 }
 
 impl<F> Future for ResponseFuture<F>

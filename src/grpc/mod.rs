@@ -9,6 +9,7 @@ mod connected_apps;
 mod convert;
 pub mod layer;
 mod maintenance;
+mod router;
 /// The failed-authentication limit, shared with the landing page (it lives in `access`).
 pub use crate::access::peer_limit;
 mod status;
@@ -19,12 +20,12 @@ mod watch_wire;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 use tower_layer::Layer as _;
 
 pub use connected_apps::ConnectedAppsService;
 pub use maintenance::MaintenanceService;
+pub use router::GrpcRoutes;
 pub use status::{engine_status, to_status};
 pub use tokens::TokensService;
 
@@ -57,7 +58,7 @@ pub async fn routes(
     config: &GrpcConfig,
     metrics: &GrpcMetrics,
     shutdown: CancellationToken,
-) -> Result<(Routes, HealthReporter), RoutesError> {
+) -> Result<(GrpcRoutes, HealthReporter), RoutesError> {
     let max_message_bytes = config.max_message_bytes;
     let (reporter, health) = tonic_health::server::health_reporter();
     let apps = pb::connected_apps_server::ConnectedAppsServer::new(ConnectedAppsService::new(
@@ -96,11 +97,28 @@ pub async fn routes(
         ],
     )?;
     let open = authenticated.open();
-    let routes = Routes::new(open.layer(health))
-        .add_service(authenticated.layer(apps))
-        .add_service(authenticated.layer(tokens))
-        .add_service(authenticated.layer(maintenance))
-        .add_service(open.layer(reflection_v1))
-        .add_service(open.layer(reflection_v1alpha));
+    let routes = GrpcRoutes::new(authenticated.layer(tokens))
+        .with(boxed(&open, health))
+        .with(boxed(&authenticated, apps))
+        .with(boxed(&authenticated, maintenance))
+        .with(boxed(&open, reflection_v1))
+        .with(boxed(&open, reflection_v1alpha));
     Ok((routes, reporter))
+}
+
+/// `service` behind `layer`, its type erased, with its name.
+fn boxed<S>(layer: &RequestLayer, service: S) -> (&'static str, layer::RequestService<router::Boxed>)
+where
+    S: tonic::server::NamedService
+        + tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    (S::NAME, layer.named(S::NAME, router::Boxed::new(service)))
 }

@@ -820,3 +820,25 @@ async fn admin_view_follows_what_is_served() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     daemon.stop().await;
 }
+
+/// A call of a service the daemon does not have, or of a method its service does not have, is
+/// answered `UNIMPLEMENTED` (by the router, or by the generated server behind the request
+/// layer); the known methods answer as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_services_and_methods_are_unimplemented() {
+    let daemon = TestDaemon::start().await;
+    let addr = daemon.daemon().grpc_addr;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    for path in ["/nope.v1.Nope/Call", "/tokend.v1.Tokens/Nope", "/grpc.health.v1.Health/Nope"] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let mut request = tonic::Request::new(pb::GetAccessTokenRequest::default());
+        request.metadata_mut().insert("authorization", format!("Bearer {CONSUMER}").parse().unwrap());
+        let codec = tonic_prost::ProstCodec::<pb::GetAccessTokenRequest, pb::AccessToken>::default();
+        let status = grpc.unary(request, http::uri::PathAndQuery::from_static(path), codec).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
+    }
+    let missing = daemon.tokens(CONSUMER).await.get_access_token(get_token("mail-missing", 60)).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    daemon.stop().await;
+}

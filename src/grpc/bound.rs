@@ -222,16 +222,20 @@ mod tests {
     /// Where a test sends reloads.
     type ReloadSender = tokio::sync::mpsc::UnboundedSender<Result<Arc<Caller>, CallerGone>>;
 
-    /// Reloads sent on the returned sender; the counter counts the polls of the stream.
-    fn counted_reloads() -> (ReloadSender, Arc<AtomicUsize>, Reloads) {
-        let (reloads, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    /// A bound stream of the items sent on the first sender, with the reloads sent on the
+    /// second; the counter counts the polls of the reload wait.
+    fn counted() -> (tokio::sync::mpsc::Sender<u32>, ReloadSender, Arc<AtomicUsize>, Bound<u32>) {
+        let (items, receiver) = tokio::sync::mpsc::channel(4);
+        let inner: Replies<u32> = Box::pin(ReceiverStream::new(receiver).map(Ok));
+        let (reloads, mut reload_receiver) = tokio::sync::mpsc::unbounded_channel();
         let polls = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&polls);
-        let stream = futures::stream::poll_fn(move |cx| {
+        let reload_stream = futures::stream::poll_fn(move |cx| {
             counter.fetch_add(1, Ordering::Relaxed);
-            receiver.poll_recv(cx)
+            reload_receiver.poll_recv(cx)
         });
-        (reloads, polls, Box::pin(stream))
+        let stream = bind(inner, Box::pin(reload_stream), Box::new(|_| Ok(())), &CancellationToken::new());
+        (items, reloads, polls, stream)
     }
 
     /// The side waits are polled when they are woken, not once per item: a refresh delivered
@@ -239,10 +243,7 @@ mod tests {
     /// reload after many items ends the stream.
     #[tokio::test]
     async fn items_do_not_poll_the_side_waits() {
-        let (items, receiver) = tokio::sync::mpsc::channel(4);
-        let inner: Replies<u32> = Box::pin(ReceiverStream::new(receiver).map(Ok));
-        let (reloads, polls, reload_stream) = counted_reloads();
-        let mut stream = bind(inner, reload_stream, Box::new(|_| Ok(())), &CancellationToken::new());
+        let (items, reloads, polls, mut stream) = counted();
         for i in 0..100 {
             items.send(i).await.unwrap();
             assert_eq!(stream.next().await.unwrap().unwrap(), i);
@@ -266,10 +267,7 @@ mod tests {
     /// even when the item was ready first.
     #[tokio::test]
     async fn a_refusing_reload_goes_before_a_ready_item() {
-        let (items, receiver) = tokio::sync::mpsc::channel(4);
-        let inner: Replies<u32> = Box::pin(ReceiverStream::new(receiver).map(Ok));
-        let (reloads, _, reload_stream) = counted_reloads();
-        let mut stream = bind(inner, reload_stream, Box::new(|_| Ok(())), &CancellationToken::new());
+        let (items, reloads, _, mut stream) = counted();
         items.send(1).await.unwrap();
         assert_eq!(stream.next().await.unwrap().unwrap(), 1);
         items.send(2).await.unwrap();

@@ -46,6 +46,7 @@ use crate::crypto::{KeyRing, Purpose};
 use crate::provider::{Provider, ProviderSettings};
 use crate::store::{ConnectionRecord, ProfileRecord, Store};
 use cache::TokenCache;
+use secrecy::SecretString;
 
 /// Profile changes a watcher may fall behind by before it misses some ([`MissedEvents`]).
 const EVENT_CAPACITY: usize = 1024;
@@ -218,27 +219,36 @@ impl Engine {
         }
     }
 
-    /// The slot state a stored connection stands for.
+    /// The slot state a stored connection stands for (its access token opened from the record).
     fn slot_state(&self, name: &str, c: &ConnectionRecord) -> SlotState {
         let token = if c.access_token_sealed.is_empty() {
             None
         } else {
             match self.keys.open_secret(Purpose::AccessToken, name, &c.access_token_sealed) {
-                Ok(access_token) => Some(Arc::new(HotToken {
-                    access_token,
-                    token_type: c.token_type.clone(),
-                    expires_at_ms: c.expires_at_ms,
-                    issued_at_ms: c.last_refreshed_at_ms,
-                    scopes: c.scopes.clone().into(),
-                    token_version: c.token_version,
-                    wire: OnceLock::new(),
-                })),
+                Ok(access_token) => Some(access_token),
                 Err(e) => {
                     tracing::error!(profile = name, error = %e, "stored access token does not open");
                     None
                 }
             }
         };
+        Self::slot_state_holding(c, token)
+    }
+
+    /// The slot state of a stored connection whose access token is `token` (already open: a
+    /// write that has just sealed it need not open it again).
+    fn slot_state_holding(c: &ConnectionRecord, token: Option<SecretString>) -> SlotState {
+        let token = token.map(|access_token| {
+            Arc::new(HotToken {
+                access_token,
+                token_type: c.token_type.clone(),
+                expires_at_ms: c.expires_at_ms,
+                issued_at_ms: c.last_refreshed_at_ms,
+                scopes: c.scopes.clone().into(),
+                token_version: c.token_version,
+                wire: OnceLock::new(),
+            })
+        });
         let status = status_of(c);
         let backoff_until_ms = if status == pb::Status::RefreshFailing { c.next_refresh_at_ms } else { 0 };
         SlotState { token, status, backoff_until_ms, renewable: !c.not_renewable, version: c.version }

@@ -3,7 +3,7 @@
 //! scheduler and watchers ("durability before publish"). Refreshes, consents, disconnects and
 //! key rotation all write through here.
 
-use super::{Engine, EngineError, status_of};
+use super::{Engine, EngineError, SlotState, status_of};
 use crate::api::pb;
 use crate::api::pb::profile_event::Kind;
 use crate::crypto::Purpose;
@@ -44,7 +44,32 @@ impl Engine {
 
     /// Shows a stored connection to the cache, the scheduler and watchers.
     pub(super) fn after_write(&self, name: &str, before: &ConnectionRecord, stored: &ConnectionRecord, kind: Kind) {
-        self.cache.set(name, self.slot_state(name, stored));
+        self.show_written(name, before, stored, self.slot_state(name, stored), kind);
+    }
+
+    /// [`Engine::after_write`] for a write of a new token set: the cache takes the access token
+    /// as the provider sent it, not opened again from the record just sealed.
+    fn after_token_write(
+        &self,
+        name: &str,
+        before: &ConnectionRecord,
+        stored: &ConnectionRecord,
+        access_token: &SecretString,
+        kind: Kind,
+    ) {
+        let state = Self::slot_state_holding(stored, Some(access_token.clone()));
+        self.show_written(name, before, stored, state, kind);
+    }
+
+    fn show_written(
+        &self,
+        name: &str,
+        before: &ConnectionRecord,
+        stored: &ConnectionRecord,
+        state: SlotState,
+        kind: Kind,
+    ) {
+        self.cache.set(name, state);
         if stored.next_refresh_at_ms > 0
             && (before.next_refresh_at_ms == 0 || stored.next_refresh_at_ms < before.next_refresh_at_ms)
         {
@@ -95,7 +120,7 @@ impl Engine {
                     if rotated {
                         self.flush().await?;
                     }
-                    self.after_write(name, &before, &stored, kind);
+                    self.after_token_write(name, &before, &stored, &tokens.access_token, kind);
                     self.warn_refresh_token_expiry(profile, &stored);
                     return Ok(stored);
                 }

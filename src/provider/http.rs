@@ -127,14 +127,11 @@ impl ProviderHttp {
     /// Sends a request and reads the reply within the size limit.
     pub async fn send(&self, request: HttpRequest) -> Result<(HttpResponse, ReplyMeta), HttpError> {
         let (parts, body) = request.into_parts();
-        let url = parts.uri.to_string();
-        if let Ok(parsed) = url::Url::parse(&url) {
-            self.check_literal(&parsed).map_err(HttpError::Denied)?;
-        }
-        let mut builder = self.client.request(parts.method, url).body(body);
-        for (name, value) in &parts.headers {
-            builder = builder.header(name, value);
-        }
+        // Parsed once, here: reqwest takes the parsed URL as it is.
+        let url = url::Url::parse(&parts.uri.to_string())
+            .map_err(|e| HttpError::Transport(format!("the request's URL does not parse: {e}")))?;
+        self.check_literal(&url).map_err(HttpError::Denied)?;
+        let builder = self.client.request(parts.method, url).headers(parts.headers).body(body);
         let mut response = builder.send().await.map_err(classify)?;
         let status = response.status();
         let headers = response.headers().clone();

@@ -56,6 +56,7 @@ pub mod web;
 /// allocates and frees many short-lived buffers (records, sealed secrets, HTTP messages) on
 /// several threads; under glibc's allocator that was 15 % of the daemon's CPU during a refresh
 /// wave, and its per-thread arenas grew the daemon's memory after one (see
-/// docs/performance.md).
+/// docs/performance.md). `.cargo/config.toml` builds it without eager commit of its arenas,
+/// which kept an idle daemon's RSS three times larger.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -54,8 +54,8 @@ pub mod web;
 /// The allocator of every binary built on this library (the daemon, `tokenctl`, the tests and
 /// the benchmarks, so they measure what ships): mimalloc instead of the system's. A refresh
 /// allocates and frees many short-lived buffers (records, sealed secrets, HTTP messages) on
-/// several threads; under glibc's allocator that was 15 % of the daemon's CPU during a refresh
-/// wave, and its per-thread arenas grew the daemon's memory after one (see
+/// several threads; under glibc's allocator that was about 20 % of the daemon's CPU during a
+/// refresh wave, and its per-thread arenas grew the daemon's memory after one (see
 /// docs/performance.md). `.cargo/config.toml` builds it without eager commit of its arenas,
 /// which kept an idle daemon's RSS three times larger.
 #[global_allocator]

@@ -54,13 +54,15 @@ impl Engine {
         name: &str,
         before: &ConnectionRecord,
         stored: &ConnectionRecord,
-        access_token: &SecretString,
+        access_token: SecretString,
         kind: Kind,
     ) {
-        let state = Self::slot_state_holding(stored, Some(access_token.clone()));
+        let state = Self::slot_state_holding(stored, Some(access_token));
         self.show_written(name, before, stored, state, kind);
     }
 
+    /// Puts `state` in the cache, wakes the scheduler when the connection falls due sooner, and
+    /// tells watchers.
     fn show_written(
         &self,
         name: &str,
@@ -120,7 +122,7 @@ impl Engine {
                     if rotated {
                         self.flush().await?;
                     }
-                    self.after_token_write(name, &before, &stored, &tokens.access_token, kind);
+                    self.after_token_write(name, &before, &stored, tokens.access_token, kind);
                     self.warn_refresh_token_expiry(profile, &stored);
                     return Ok(stored);
                 }

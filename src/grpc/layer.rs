@@ -76,9 +76,7 @@ impl RequestLayer {
     pub fn open(&self) -> Self {
         Self { shared: Arc::clone(&self.shared), authenticate: false }
     }
-}
 
-impl RequestLayer {
     /// `inner`, the service named `name` (its methods' paths begin `/name/`), behind this layer.
     pub fn named<S>(&self, name: &str, inner: S) -> RequestService<S> {
         let prefix = format!("/{name}/");

@@ -97,6 +97,9 @@ impl Store for GatedStore {
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.inner.set_meta(key, value)
     }
+    fn compare_and_swap_meta(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StoreError> {
+        self.inner.compare_and_swap_meta(key, expected, value)
+    }
     fn flush(&self) -> Result<(), StoreError> {
         let (open, changed) = &*self.gate;
         let mut guard = open.lock().unwrap();

@@ -22,7 +22,7 @@ macro_rules! store_contract_tests {
             names_are_unique, writes_are_versioned, index_follows_the_connection, removal_takes_everything,
             writes_after_removal_are_refused, consents_travel_with_writes, pages_in_name_order,
             due_entries_oldest_first, visits_in_order_and_stop, rewrite_is_compare_and_swap,
-            backup_restores_an_equal_store, metadata_round_trips);
+            backup_restores_an_equal_store, metadata_round_trips, metadata_compare_and_swap);
     };
     (@each $make:expr; $($rule:ident),* $(,)?) => {
         $(
@@ -269,4 +269,17 @@ pub(crate) fn metadata_round_trips(store: &dyn Store) {
     assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v2"[..]));
     store.flush().unwrap();
     store.size_on_disk().unwrap();
+}
+
+/// A metadata compare-and-swap writes only over the value it names (absent included), and
+/// reports whether it did; a refused one changes nothing.
+pub(crate) fn metadata_compare_and_swap(store: &dyn Store) {
+    assert!(store.compare_and_swap_meta("k", None, b"v1").unwrap());
+    assert!(!store.compare_and_swap_meta("k", None, b"lost").unwrap(), "absent, but k is set");
+    assert!(!store.compare_and_swap_meta("k", Some(b"v0"), b"lost").unwrap(), "k is not v0");
+    assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert!(store.compare_and_swap_meta("k", Some(b"v1"), b"v2").unwrap());
+    assert_eq!(store.meta("k").unwrap().as_deref(), Some(&b"v2"[..]));
+    assert!(!store.compare_and_swap_meta("other", Some(b"v2"), b"lost").unwrap(), "other is absent");
+    assert_eq!(store.meta("other").unwrap(), None);
 }

@@ -182,6 +182,10 @@ pub trait Store: Send + Sync + 'static {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Sets a metadata value.
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Sets a metadata value only if it is still `expected` (`None`: absent); `false` when it
+    /// was not. For values several replicas read, change and write back (the signed-out
+    /// sessions), where a plain `set_meta` would drop another replica's change made in between.
+    fn compare_and_swap_meta(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StoreError>;
     /// Makes every write so far durable. Blocks on disk I/O: call from a blocking context.
     fn flush(&self) -> Result<(), StoreError>;
     /// Bytes used on disk.

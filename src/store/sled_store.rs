@@ -316,6 +316,10 @@ impl Store for SledStore {
         self.meta.insert(key, value).map_err(engine).map(|_| ())
     }
 
+    fn compare_and_swap_meta(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.meta.compare_and_swap(key, expected, Some(value)).map_err(engine)?.is_ok())
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(engine).map(|_| ())
     }

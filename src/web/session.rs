@@ -23,8 +23,9 @@ pub const COOKIE: &str = "tokend_session";
 /// The store metadata key holding signed-out sessions (id → absolute expiry).
 const SIGNED_OUT_KEY: &str = "web.signed_out_sessions";
 
-/// What a session cookie holds, sealed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What a session cookie holds, sealed. Its `Debug` leaves out the CSRF token and the bearer
+/// token's hash.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Claims {
     /// Random id, named when the session is signed out.
     pub id: String,
@@ -36,6 +37,16 @@ pub struct Claims {
     pub seen_at_ms: UnixMillis,
     /// The per-session CSRF token every form carries back.
     pub csrf: String,
+}
+
+impl std::fmt::Debug for Claims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claims")
+            .field("id", &self.id)
+            .field("issued_at_ms", &self.issued_at_ms)
+            .field("seen_at_ms", &self.seen_at_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a cookie is no session.
@@ -62,7 +73,7 @@ pub struct Sessions {
     absolute_ms: i64,
     /// Whether cookies carry `Secure` (the listener serves TLS).
     secure: bool,
-    /// Serialises this process's read-modify-write of the signed-out list.
+    /// Serialises this process's sign-outs (other replicas' are met by compare-and-swap).
     sign_out: Mutex<()>,
 }
 
@@ -133,23 +144,41 @@ impl Sessions {
     }
 
     /// Records the session as signed out until its absolute expiry (entries past theirs are
-    /// dropped on the way).
+    /// dropped on the way). The list is shared by every replica on the store: it is written by
+    /// compare-and-swap over the value read, and read again when another replica changed it in
+    /// between, so no replica's sign-out is lost.
     pub fn sign_out(&self, store: &dyn Store, claims: &Claims, now: UnixMillis) -> Result<(), SessionError> {
         let _serial = self.sign_out.lock().map_err(|_| SessionError::Store)?;
-        let mut list = signed_out(store)?;
-        list.retain(|_, until| *until > now);
-        list.insert(claims.id.clone(), claims.issued_at_ms + self.absolute_ms);
-        let bytes = serde_json::to_vec(&list).map_err(|_| SessionError::Store)?;
-        store.set_meta(SIGNED_OUT_KEY, &bytes).map_err(|_| SessionError::Store)
+        for _ in 0..SIGN_OUT_ATTEMPTS {
+            let before = store.meta(SIGNED_OUT_KEY).map_err(|_| SessionError::Store)?;
+            let mut list = parse_signed_out(before.as_deref());
+            list.retain(|_, until| *until > now);
+            list.insert(claims.id.clone(), claims.issued_at_ms + self.absolute_ms);
+            let bytes = serde_json::to_vec(&list).map_err(|_| SessionError::Store)?;
+            if store
+                .compare_and_swap_meta(SIGNED_OUT_KEY, before.as_deref(), &bytes)
+                .map_err(|_| SessionError::Store)?
+            {
+                return Ok(());
+            }
+        }
+        tracing::warn!(attempts = SIGN_OUT_ATTEMPTS, "the signed-out list kept changing under this sign-out");
+        Err(SessionError::Store)
     }
 }
 
+/// How many times a sign-out reads the list again when other replicas keep changing it.
+const SIGN_OUT_ATTEMPTS: usize = 16;
+
 /// The signed-out sessions, by id, with the time each would have expired anyway.
 fn signed_out(store: &dyn Store) -> Result<BTreeMap<String, UnixMillis>, SessionError> {
-    match store.meta(SIGNED_OUT_KEY).map_err(|_| SessionError::Store)? {
-        None => Ok(BTreeMap::new()),
-        Some(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_default()),
-    }
+    let stored = store.meta(SIGNED_OUT_KEY).map_err(|_| SessionError::Store)?;
+    Ok(parse_signed_out(stored.as_deref()))
+}
+
+/// The stored list; an unreadable one counts as empty (the next sign-out writes it anew).
+fn parse_signed_out(stored: Option<&[u8]>) -> BTreeMap<String, UnixMillis> {
+    stored.and_then(|bytes| serde_json::from_slice(bytes).ok()).unwrap_or_default()
 }
 
 /// The session cookie's value in a `Cookie` header, if present.
@@ -204,5 +233,148 @@ mod tests {
         let cookie = sessions.cookie(&keys, &b).unwrap();
         assert!(sessions.open(&keys, &store, value(&cookie), 3_000).is_ok());
         assert_eq!(from_header("a=1; tokend_session=xyz; b=2"), Some("xyz"));
+    }
+
+    /// Debug output names the session, never its CSRF token or the bearer token's hash.
+    #[test]
+    fn debug_leaves_out_the_secrets() {
+        let (sessions, _, _) = setup();
+        let claims = sessions.start("ab".repeat(32), 1_000);
+        let shown = format!("{claims:?}");
+        assert!(shown.contains(&claims.id), "{shown}");
+        assert!(!shown.contains(&claims.csrf) && !shown.contains(&claims.token_sha256), "{shown}");
+    }
+
+    /// Two replicas sign out at the same moment: replica B writes its sign-out while replica A
+    /// is between reading the signed-out list and writing it back. Both sessions stay refused
+    /// on every replica (A's write, based on the list before B's, must not drop B's entry).
+    #[test]
+    fn sign_outs_racing_on_two_replicas_are_both_kept() {
+        let config = SessionConfig { idle_timeout_secs: 60, absolute_timeout_secs: 600 };
+        let (replica_a, keys) = (Sessions::new(&config, false), KeyRing::single(&[7; 32]));
+        let a = replica_a.start("aa".into(), 1_000);
+        let b = replica_a.start("bb".into(), 1_000);
+        let store = Interleaved::new();
+        let (b_on_replica_b, config_b) = (b.clone(), config.clone());
+        store.before_next_list_read(Box::new(move |inner| {
+            Sessions::new(&config_b, false).sign_out(inner, &b_on_replica_b, 2_000).unwrap();
+        }));
+        replica_a.sign_out(&store, &a, 2_000).unwrap();
+        for claims in [&a, &b] {
+            let cookie = replica_a.cookie(&keys, claims).unwrap();
+            assert_eq!(
+                replica_a.open(&keys, &store, value(&cookie), 3_000).unwrap_err(),
+                SessionError::SignedOut,
+                "session {} is still valid",
+                claims.id
+            );
+        }
+    }
+
+    /// A store that runs a hook (another replica's write) right after the next read of the
+    /// signed-out list, before that read's value is returned.
+    struct Interleaved {
+        inner: SledStore,
+        hook: Mutex<Option<OtherReplica>>,
+    }
+
+    /// Another replica's write, run against the shared store.
+    type OtherReplica = Box<dyn FnOnce(&SledStore) + Send>;
+
+    impl Interleaved {
+        fn new() -> Self {
+            Self { inner: SledStore::temporary().unwrap(), hook: Mutex::new(None) }
+        }
+
+        fn before_next_list_read(&self, hook: OtherReplica) {
+            *self.hook.lock().unwrap() = Some(hook);
+        }
+    }
+
+    use crate::store::{
+        ConnectionRecord, ConnectionWrite, ConsentRecord, DueEntry, DumpEntry, EntryVisit, LeaseOutcome, ProfileRecord,
+        RecordRewrite, Rewritten, SealedTree, StoreError,
+    };
+
+    impl Store for Interleaved {
+        fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            let value = self.inner.meta(key)?;
+            if key == SIGNED_OUT_KEY
+                && let Some(hook) = self.hook.lock().unwrap().take()
+            {
+                hook(&self.inner);
+            }
+            Ok(value)
+        }
+        fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.set_meta(key, value)
+        }
+        fn compare_and_swap_meta(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StoreError> {
+            self.inner.compare_and_swap_meta(key, expected, value)
+        }
+        fn profile(&self, name: &str) -> Result<Option<ProfileRecord>, StoreError> {
+            self.inner.profile(name)
+        }
+        fn connection(&self, name: &str) -> Result<Option<ConnectionRecord>, StoreError> {
+            self.inner.connection(name)
+        }
+        fn profiles_after(
+            &self,
+            after: &str,
+            limit: usize,
+        ) -> Result<Vec<(ProfileRecord, ConnectionRecord)>, StoreError> {
+            self.inner.profiles_after(after, limit)
+        }
+        fn connections(&self) -> Result<Vec<(String, ConnectionRecord)>, StoreError> {
+            self.inner.connections()
+        }
+        fn insert_profile(&self, profile: &ProfileRecord, connection: &ConnectionRecord) -> Result<(), StoreError> {
+            self.inner.insert_profile(profile, connection)
+        }
+        fn replace_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError> {
+            self.inner.replace_profile(profile)
+        }
+        fn remove_profile(&self, name: &str) -> Result<(), StoreError> {
+            self.inner.remove_profile(name)
+        }
+        fn write_connection(&self, write: ConnectionWrite) -> Result<ConnectionRecord, StoreError> {
+            self.inner.write_connection(write)
+        }
+        fn consent(&self, key: &[u8]) -> Result<Option<ConsentRecord>, StoreError> {
+            self.inner.consent(key)
+        }
+        fn consents(&self) -> Result<Vec<(Vec<u8>, ConsentRecord)>, StoreError> {
+            self.inner.consents()
+        }
+        fn due(&self, up_to: UnixMillis, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
+            self.inner.due(up_to, limit)
+        }
+        fn earliest_due(&self) -> Result<Option<DueEntry>, StoreError> {
+            self.inner.earliest_due()
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.inner.flush()
+        }
+        fn size_on_disk(&self) -> Result<u64, StoreError> {
+            self.inner.size_on_disk()
+        }
+        fn dump(&self) -> Result<Vec<DumpEntry>, StoreError> {
+            self.inner.dump()
+        }
+        fn restore(&self, entries: &[DumpEntry]) -> Result<(), StoreError> {
+            self.inner.restore(entries)
+        }
+        fn for_each_entry(&self, visit: &mut EntryVisit<'_>) -> Result<(), StoreError> {
+            self.inner.for_each_entry(visit)
+        }
+        fn for_each_connection_name(&self, visit: &mut dyn FnMut(&str) -> bool) -> Result<(), StoreError> {
+            self.inner.for_each_connection_name(visit)
+        }
+        fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError> {
+            self.inner.rewrite_records(tree, rewrite)
+        }
+        fn take_lease(&self, name: &str, version: u64, lease: std::time::Duration) -> Result<LeaseOutcome, StoreError> {
+            self.inner.take_lease(name, version, lease)
+        }
     }
 }

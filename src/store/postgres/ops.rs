@@ -330,6 +330,23 @@ impl Store for PgStore {
         })
     }
 
+    fn compare_and_swap_meta(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StoreError> {
+        let (key, expected, value) = (key.to_owned(), expected.map(<[u8]>::to_vec), value.to_vec());
+        self.with_pool("writing metadata", |pool| async move {
+            let query = match expected {
+                // Absent: only the first of several inserting replicas gets the row.
+                None => sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                    .bind(key)
+                    .bind(value),
+                Some(expected) => sqlx::query("UPDATE meta SET value = $2 WHERE key = $1 AND value = $3")
+                    .bind(key)
+                    .bind(value)
+                    .bind(expected),
+            };
+            query.execute(&pool).await.map_err(db).map(|done| done.rows_affected() == 1)
+        })
+    }
+
     /// Every write is durable when its transaction commits: nothing to flush.
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())

@@ -297,3 +297,75 @@ async fn backup_rotate_keys_and_completions() {
     assert!(stdout(&out).contains("rotate-keys"));
     daemon.stop().await;
 }
+
+/// `watch` that falls behind tokend's events (tokend ends such a watch with ABORTED, since what
+/// it missed is unknown) watches again from the current state instead of exiting: it says so on
+/// stderr, prints the profiles' `initial` events again, and goes on with the new events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_that_falls_behind_watches_again() {
+    use tokend::api::pb::{Status, profile_event::Kind};
+    let provider = FakeProvider::start().await;
+    let daemon = TestDaemon::start().await;
+    create(&daemon, "box-ops", &provider).await;
+    let mut child = tokenctl(&daemon, ADMIN)
+        .arg("watch")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tokenctl starts");
+    let lines = |stream: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let mut out = lines(Box::new(child.stdout.take().expect("stdout")));
+    let mut err = lines(Box::new(child.stderr.take().expect("stderr")));
+    wait_for(&mut out, "initial  box-ops").await;
+
+    // Stopped, tokenctl reads nothing: tokend's stream for it fills the HTTP/2 window, and the
+    // events after that overflow the daemon's event channel.
+    let signal = |name: &str| {
+        let status = Command::new("sh").args(["-c", &format!("kill {name} {}", child.id())]).status().expect("sh runs");
+        assert!(status.success(), "kill {name}");
+    };
+    signal("-STOP");
+    for _ in 0..200_000 {
+        daemon.daemon().engine().publish("flood", Kind::Updated, Status::Connected, Status::Connected);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal("-CONT");
+
+    let notice = wait_for(&mut err, "watching again").await;
+    assert!(notice.starts_with("tokenctl: ") && notice.contains("watch again"), "{notice}");
+    wait_for(&mut out, "initial  box-ops").await;
+    daemon.daemon().engine().publish("marker", Kind::Updated, Status::Connected, Status::Connected);
+    wait_for(&mut out, "marker").await;
+    assert_eq!(child.try_wait().expect("try_wait"), None, "tokenctl watch exited");
+    child.kill().expect("kill");
+    let _ = child.wait();
+    daemon.stop().await;
+}
+
+/// The first line from `rx` that contains `what` (30 s at most); the panic shows the last line
+/// seen before it.
+async fn wait_for(rx: &mut UnboundedReceiver<String>, what: &str) -> String {
+    let mut last = String::new();
+    let found = async {
+        while let Some(line) = rx.recv().await {
+            if line.contains(what) {
+                return Some(line);
+            }
+            last = line;
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_secs(30), found).await {
+        Ok(Some(line)) => line,
+        Ok(None) => panic!("the output ended before {what:?}; its last line: {last:?}"),
+        Err(_) => panic!("no {what:?} in 30 s"),
+    }
+}

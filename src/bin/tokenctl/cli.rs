@@ -121,7 +121,8 @@ pub(crate) enum Command {
         #[arg(long, value_name = "SECONDS")]
         min_valid_for: Option<u64>,
     },
-    /// Follow profile changes (all profiles, or the ones named).
+    /// Follow profile changes (all profiles, or the ones named). A watch that falls behind
+    /// tokend's events starts again from the current state, with a notice on stderr.
     Watch {
         /// Profile names (all profiles when none).
         names: Vec<String>,

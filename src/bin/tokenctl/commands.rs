@@ -267,14 +267,23 @@ impl Client {
         Ok(())
     }
 
-    /// `watch`: one line per event (one JSON object per line with `--output json`).
+    /// `watch`: one line per event (one JSON object per line with `--output json`). A watch that
+    /// fell behind tokend's events (tokend ends it with `ABORTED`: what it missed is unknown)
+    /// watches again from the current state, as tokend asks, and says so on stderr; the
+    /// profiles' `initial` events follow.
     pub(crate) async fn watch(&mut self, names: Vec<String>) -> Outcome {
         let request = pb::WatchProfilesRequest { names, send_initial: true };
-        let mut stream = self.apps.watch_profiles(request).await.or_fail(&self.hints, "watching profiles")?;
+        let mut stream = self.apps.watch_profiles(request.clone()).await.or_fail(&self.hints, "watching profiles")?;
         loop {
             let event = match stream.message().await {
                 Ok(Some(event)) => event,
                 Ok(None) => return Err(Failure::new(6, "watching profiles: tokend ended the watch", None)),
+                Err(status) if status.code() == tonic::Code::Aborted => {
+                    eprintln!("tokenctl: {}; watching again from the current state", clean(status.message()));
+                    stream =
+                        self.apps.watch_profiles(request.clone()).await.or_fail(&self.hints, "watching profiles")?;
+                    continue;
+                }
                 Err(status) => return Err(self.hints.fail("watching profiles", &status)),
             };
             let profile = event.profile.clone().unwrap_or_default();

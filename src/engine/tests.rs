@@ -1,9 +1,9 @@
 //! Interleavings of the engine's write step, driven deterministically: a store whose flush waits
-//! at a gate the test opens, a manual clock, fixed jitter. No provider is called: the tests hand
-//! token sets to the same `store_tokens` a refresh or a consent ends in. (One file of about 400
-//! lines: the gated store, the fixtures and the tests that share them.)
+//! at a gate the test opens ([`GatedStore`]), a manual clock, fixed jitter. No provider is
+//! called: the tests hand token sets to the same `store_tokens` a refresh or a consent ends in.
+//! (One file: the fixtures and the tests that share them.)
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -13,127 +13,10 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::admin::Admin;
 use crate::api::pb::profile_event::Kind;
-use crate::clock::{FixedJitter, ManualClock, UnixMillis};
+use crate::clock::{FixedJitter, ManualClock};
 use crate::provider::{HttpOptions, ProviderHttp, TokenSet};
-use crate::store::{
-    ConnectionWrite, DueEntry, DumpEntry, EntryVisit, LeaseOutcome, RecordRewrite, Rewritten, SealedTree, SledStore,
-    StoreError,
-};
-
-/// A sled store whose `flush` waits while the gate is closed: the window between a write and
-/// its publish, held open for as long as a test needs.
-struct GatedStore {
-    inner: SledStore,
-    gate: Arc<(Mutex<bool>, Condvar)>,
-    /// When set, every refresh lease is held by "another replica" (sled would always grant it).
-    lease_elsewhere: std::sync::atomic::AtomicBool,
-    /// How many times a lease was asked for.
-    lease_asks: std::sync::atomic::AtomicUsize,
-}
-
-impl GatedStore {
-    fn new() -> (Arc<Self>, Gate) {
-        let gate = Arc::new((Mutex::new(true), Condvar::new()));
-        let store = Self {
-            inner: SledStore::temporary().unwrap(),
-            gate: Arc::clone(&gate),
-            lease_elsewhere: std::sync::atomic::AtomicBool::new(false),
-            lease_asks: std::sync::atomic::AtomicUsize::new(0),
-        };
-        (Arc::new(store), Gate(gate))
-    }
-}
-
-/// Opens and closes a [`GatedStore`]'s flush gate.
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    fn set(&self, open: bool) {
-        *self.0.0.lock().unwrap() = open;
-        self.0.1.notify_all();
-    }
-}
-
-impl Store for GatedStore {
-    fn profile(&self, name: &str) -> Result<Option<ProfileRecord>, StoreError> {
-        self.inner.profile(name)
-    }
-    fn connection(&self, name: &str) -> Result<Option<ConnectionRecord>, StoreError> {
-        self.inner.connection(name)
-    }
-    fn profiles_after(&self, after: &str, limit: usize) -> Result<Vec<(ProfileRecord, ConnectionRecord)>, StoreError> {
-        self.inner.profiles_after(after, limit)
-    }
-    fn connections(&self) -> Result<Vec<(String, ConnectionRecord)>, StoreError> {
-        self.inner.connections()
-    }
-    fn insert_profile(&self, profile: &ProfileRecord, connection: &ConnectionRecord) -> Result<(), StoreError> {
-        self.inner.insert_profile(profile, connection)
-    }
-    fn replace_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError> {
-        self.inner.replace_profile(profile)
-    }
-    fn remove_profile(&self, name: &str) -> Result<(), StoreError> {
-        self.inner.remove_profile(name)
-    }
-    fn write_connection(&self, write: ConnectionWrite) -> Result<ConnectionRecord, StoreError> {
-        self.inner.write_connection(write)
-    }
-    fn consent(&self, key: &[u8]) -> Result<Option<crate::store::ConsentRecord>, StoreError> {
-        self.inner.consent(key)
-    }
-    fn consents(&self) -> Result<Vec<(Vec<u8>, crate::store::ConsentRecord)>, StoreError> {
-        self.inner.consents()
-    }
-    fn due(&self, up_to: UnixMillis, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
-        self.inner.due(up_to, limit)
-    }
-    fn earliest_due(&self) -> Result<Option<DueEntry>, StoreError> {
-        self.inner.earliest_due()
-    }
-    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.meta(key)
-    }
-    fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.inner.set_meta(key, value)
-    }
-    fn compare_and_swap_meta(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StoreError> {
-        self.inner.compare_and_swap_meta(key, expected, value)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        let (open, changed) = &*self.gate;
-        let mut guard = open.lock().unwrap();
-        while !*guard {
-            guard = changed.wait(guard).unwrap();
-        }
-        self.inner.flush()
-    }
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.inner.size_on_disk()
-    }
-    fn dump(&self) -> Result<Vec<DumpEntry>, StoreError> {
-        self.inner.dump()
-    }
-    fn restore(&self, entries: &[DumpEntry]) -> Result<(), StoreError> {
-        self.inner.restore(entries)
-    }
-    fn for_each_entry(&self, visit: &mut EntryVisit<'_>) -> Result<(), StoreError> {
-        self.inner.for_each_entry(visit)
-    }
-    fn for_each_connection_name(&self, visit: &mut dyn FnMut(&str) -> bool) -> Result<(), StoreError> {
-        self.inner.for_each_connection_name(visit)
-    }
-    fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError> {
-        self.inner.rewrite_records(tree, rewrite)
-    }
-    fn take_lease(&self, name: &str, version: u64, lease: Duration) -> Result<LeaseOutcome, StoreError> {
-        self.lease_asks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if self.lease_elsewhere.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok(LeaseOutcome::HeldElsewhere { remaining_ms: 10_000 });
-        }
-        self.inner.take_lease(name, version, lease)
-    }
-}
+use crate::store::testing::GatedStore;
+use crate::store::{ConnectionWrite, DueEntry};
 
 const FIRST_KEY: [u8; 32] = [7; 32];
 const SECOND_KEY: [u8; 32] = [9; 32];

@@ -14,6 +14,8 @@ pub(crate) mod contract;
 pub mod postgres;
 mod records;
 mod sled_store;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use changes::{ChangeFeed, LeaseOutcome, StoreChange};
 pub use postgres::{PgOptions, PgStore};

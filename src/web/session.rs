@@ -190,6 +190,7 @@ pub fn from_header(cookies: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::store::SledStore;
+    use crate::store::testing::GatedStore;
 
     fn setup() -> (Sessions, KeyRing, SledStore) {
         let config = SessionConfig { idle_timeout_secs: 60, absolute_timeout_secs: 600 };
@@ -254,127 +255,23 @@ mod tests {
         let (replica_a, keys) = (Sessions::new(&config, false), KeyRing::single(&[7; 32]));
         let a = replica_a.start("aa".into(), 1_000);
         let b = replica_a.start("bb".into(), 1_000);
-        let store = Interleaved::new();
+        let (store, _) = GatedStore::new();
         let (b_on_replica_b, config_b) = (b.clone(), config.clone());
-        store.before_next_list_read(Box::new(move |inner| {
-            Sessions::new(&config_b, false).sign_out(inner, &b_on_replica_b, 2_000).unwrap();
-        }));
-        replica_a.sign_out(&store, &a, 2_000).unwrap();
+        store.after_next_meta_read(
+            SIGNED_OUT_KEY,
+            Box::new(move |shared| {
+                Sessions::new(&config_b, false).sign_out(shared, &b_on_replica_b, 2_000).unwrap();
+            }),
+        );
+        replica_a.sign_out(store.as_ref(), &a, 2_000).unwrap();
         for claims in [&a, &b] {
             let cookie = replica_a.cookie(&keys, claims).unwrap();
             assert_eq!(
-                replica_a.open(&keys, &store, value(&cookie), 3_000).unwrap_err(),
+                replica_a.open(&keys, store.as_ref(), value(&cookie), 3_000).unwrap_err(),
                 SessionError::SignedOut,
                 "session {} is still valid",
                 claims.id
             );
-        }
-    }
-
-    /// A store that runs a hook (another replica's write) right after the next read of the
-    /// signed-out list, before that read's value is returned.
-    struct Interleaved {
-        inner: SledStore,
-        hook: Mutex<Option<OtherReplica>>,
-    }
-
-    /// Another replica's write, run against the shared store.
-    type OtherReplica = Box<dyn FnOnce(&SledStore) + Send>;
-
-    impl Interleaved {
-        fn new() -> Self {
-            Self { inner: SledStore::temporary().unwrap(), hook: Mutex::new(None) }
-        }
-
-        fn before_next_list_read(&self, hook: OtherReplica) {
-            *self.hook.lock().unwrap() = Some(hook);
-        }
-    }
-
-    use crate::store::{
-        ConnectionRecord, ConnectionWrite, ConsentRecord, DueEntry, DumpEntry, EntryVisit, LeaseOutcome, ProfileRecord,
-        RecordRewrite, Rewritten, SealedTree, StoreError,
-    };
-
-    impl Store for Interleaved {
-        fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            let value = self.inner.meta(key)?;
-            if key == SIGNED_OUT_KEY
-                && let Some(hook) = self.hook.lock().unwrap().take()
-            {
-                hook(&self.inner);
-            }
-            Ok(value)
-        }
-        fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            self.inner.set_meta(key, value)
-        }
-        fn compare_and_swap_meta(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> Result<bool, StoreError> {
-            self.inner.compare_and_swap_meta(key, expected, value)
-        }
-        fn profile(&self, name: &str) -> Result<Option<ProfileRecord>, StoreError> {
-            self.inner.profile(name)
-        }
-        fn connection(&self, name: &str) -> Result<Option<ConnectionRecord>, StoreError> {
-            self.inner.connection(name)
-        }
-        fn profiles_after(
-            &self,
-            after: &str,
-            limit: usize,
-        ) -> Result<Vec<(ProfileRecord, ConnectionRecord)>, StoreError> {
-            self.inner.profiles_after(after, limit)
-        }
-        fn connections(&self) -> Result<Vec<(String, ConnectionRecord)>, StoreError> {
-            self.inner.connections()
-        }
-        fn insert_profile(&self, profile: &ProfileRecord, connection: &ConnectionRecord) -> Result<(), StoreError> {
-            self.inner.insert_profile(profile, connection)
-        }
-        fn replace_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError> {
-            self.inner.replace_profile(profile)
-        }
-        fn remove_profile(&self, name: &str) -> Result<(), StoreError> {
-            self.inner.remove_profile(name)
-        }
-        fn write_connection(&self, write: ConnectionWrite) -> Result<ConnectionRecord, StoreError> {
-            self.inner.write_connection(write)
-        }
-        fn consent(&self, key: &[u8]) -> Result<Option<ConsentRecord>, StoreError> {
-            self.inner.consent(key)
-        }
-        fn consents(&self) -> Result<Vec<(Vec<u8>, ConsentRecord)>, StoreError> {
-            self.inner.consents()
-        }
-        fn due(&self, up_to: UnixMillis, limit: usize) -> Result<Vec<DueEntry>, StoreError> {
-            self.inner.due(up_to, limit)
-        }
-        fn earliest_due(&self) -> Result<Option<DueEntry>, StoreError> {
-            self.inner.earliest_due()
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.inner.flush()
-        }
-        fn size_on_disk(&self) -> Result<u64, StoreError> {
-            self.inner.size_on_disk()
-        }
-        fn dump(&self) -> Result<Vec<DumpEntry>, StoreError> {
-            self.inner.dump()
-        }
-        fn restore(&self, entries: &[DumpEntry]) -> Result<(), StoreError> {
-            self.inner.restore(entries)
-        }
-        fn for_each_entry(&self, visit: &mut EntryVisit<'_>) -> Result<(), StoreError> {
-            self.inner.for_each_entry(visit)
-        }
-        fn for_each_connection_name(&self, visit: &mut dyn FnMut(&str) -> bool) -> Result<(), StoreError> {
-            self.inner.for_each_connection_name(visit)
-        }
-        fn rewrite_records(&self, tree: SealedTree, rewrite: &mut RecordRewrite<'_>) -> Result<Rewritten, StoreError> {
-            self.inner.rewrite_records(tree, rewrite)
-        }
-        fn take_lease(&self, name: &str, version: u64, lease: std::time::Duration) -> Result<LeaseOutcome, StoreError> {
-            self.inner.take_lease(name, version, lease)
         }
     }
 }

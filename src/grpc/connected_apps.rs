@@ -10,10 +10,10 @@ use super::auth::{Callers, caller, caller_watch};
 use super::bound::{Replies, bound_to_caller};
 use super::convert::profile_reply;
 use super::status::to_status;
-use crate::admin::{Admin, ConnectStart, Revocation};
+use crate::admin::{Admin, AdminError, ConnectStart, ProfileView, Revocation};
 use crate::api::pb;
 use crate::api::pb::connected_apps_server::ConnectedApps;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::profile::timestamp;
 
 /// The service implementation over profile administration.
@@ -254,22 +254,16 @@ impl ConnectedApps for ConnectedAppsService {
         let watch = caller_watch(&self.callers, &request)?;
         watch.current().load().require_viewer()?;
         let request = request.into_inner();
-        let names: std::collections::HashSet<String> = request.names.into_iter().collect();
+        let mut names = std::collections::HashSet::new();
+        let mut requested = request.names;
+        requested.retain(|name| names.insert(name.clone()));
         // Subscribe before reading the initial state, so no change falls in between.
         let changes = Engine::changes(self.admin.engine().subscribe());
-        let mut initial = Vec::new();
-        if request.send_initial {
-            let (profiles, _) = self.admin.list_profiles(1000, "").map_err(to_status)?;
-            let profiles = profiles.iter().map(profile_reply);
-            for profile in profiles.filter(|p| names.is_empty() || names.contains(&p.name)) {
-                initial.push(Ok(pb::ProfileEvent {
-                    kind: pb::profile_event::Kind::Initial as i32,
-                    previous_status: profile.status,
-                    profile: Some(profile),
-                    time: timestamp(self.admin.engine().clock().now_ms()),
-                }));
-            }
-        }
+        let initial = if request.send_initial {
+            initial_events(Arc::clone(&self.admin), requested)
+        } else {
+            Box::pin(tokio_stream::empty())
+        };
         let admin = Arc::clone(&self.admin);
         let events = changes.filter_map(move |change| {
             // A watcher that fell behind cannot know what it missed: it ends, and watches again
@@ -291,8 +285,46 @@ impl ConnectedApps for ConnectedAppsService {
                 time: timestamp(admin.engine().clock().now_ms()),
             }))
         });
-        let events = Box::pin(tokio_stream::iter(initial).chain(events));
+        let events = Box::pin(initial.chain(events));
         let allowed = Box::new(|caller: &crate::access::Caller| Ok(caller.require_viewer()?));
         Ok(Response::new(bound_to_caller(events, watch, allowed, self.shutdown.clone())))
     }
 }
+
+/// The current state of the watched profiles as `INITIAL` events: the named ones that exist (a
+/// name without a profile may get one later, and its events then), or every profile in name
+/// order, read a page at a time as the watcher takes them, so that a million profiles never sit
+/// in memory at once.
+fn initial_events(admin: Arc<Admin>, names: Vec<String>) -> Replies<pb::ProfileEvent> {
+    fn event(admin: &Admin, view: &ProfileView) -> Result<pb::ProfileEvent, Status> {
+        let profile = profile_reply(view);
+        Ok(pb::ProfileEvent {
+            kind: pb::profile_event::Kind::Initial as i32,
+            previous_status: profile.status,
+            profile: Some(profile),
+            time: timestamp(admin.engine().clock().now_ms()),
+        })
+    }
+    if !names.is_empty() {
+        let named = names.into_iter().filter_map(move |name| match admin.get_profile(&name) {
+            Ok(view) => Some(event(&admin, &view)),
+            Err(AdminError::Engine(EngineError::NotFound(_)) | AdminError::InvalidArgument(_)) => None,
+            Err(e) => Some(Err(to_status(e))),
+        });
+        return Box::pin(tokio_stream::iter(named));
+    }
+    let pages = futures::stream::unfold(Some(String::new()), move |after| {
+        let admin = Arc::clone(&admin);
+        async move {
+            let (events, next): (Vec<_>, String) = match admin.list_profiles(PAGE, &after?) {
+                Ok((views, next)) => (views.iter().map(|view| event(&admin, view)).collect(), next),
+                Err(e) => (vec![Err(to_status(e))], String::new()),
+            };
+            Some((tokio_stream::iter(events), Some(next).filter(|next| !next.is_empty())))
+        }
+    });
+    Box::pin(futures::StreamExt::flatten(pages))
+}
+
+/// Profiles read at once for a watcher's initial picture (the largest page `ListProfiles` gives).
+const PAGE: i32 = crate::admin::MAX_PAGE_SIZE as i32;

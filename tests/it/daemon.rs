@@ -842,3 +842,46 @@ async fn unknown_services_and_methods_are_unimplemented() {
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
     daemon.stop().await;
 }
+
+/// `WatchProfiles` with `send_initial` starts with the current state of every watched profile,
+/// however many there are: all of them in name order, or the named ones that exist. (It sent
+/// the first 1,000 profiles only, so a named profile past them never got its `INITIAL`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_initial_covers_every_profile() {
+    use pb::profile_event::Kind;
+    use tokend::store::{ConnectionRecord, ProfileRecord};
+    const PROFILES: usize = 1_205;
+    let daemon = TestDaemon::start().await;
+    let store = daemon.daemon().engine().store();
+    let names: Vec<String> = (0..PROFILES).map(|i| format!("p{i:05}")).collect();
+    for name in &names {
+        let profile = ProfileRecord { name: name.clone(), provider: "custom".into(), ..Default::default() };
+        store.insert_profile(&profile, &ConnectionRecord::default()).expect("insert");
+    }
+    let mut apps = daemon.apps(ADMIN).await;
+
+    let request = pb::WatchProfilesRequest { names: Vec::new(), send_initial: true };
+    let mut all = apps.watch_profiles(request).await.expect("watch all").into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < PROFILES {
+        let event = next_event(&mut all).await;
+        assert_eq!(event.kind(), Kind::Initial, "after {} initial events", seen.len());
+        seen.push(event.profile.unwrap_or_default().name);
+    }
+    assert_eq!(seen, names);
+
+    let request = pb::WatchProfilesRequest { names: vec!["nobody".into(), "p01200".into()], send_initial: true };
+    let mut named = apps.watch_profiles(request).await.expect("watch named").into_inner();
+    let event = next_event(&mut named).await;
+    assert_eq!((event.kind(), event.profile.unwrap_or_default().name.as_str()), (Kind::Initial, "p01200"));
+    daemon.daemon().engine().publish("p01200", Kind::Updated, pb::Status::Unspecified, pb::Status::Unspecified);
+    let event = next_event(&mut named).await;
+    assert_eq!(event.kind(), Kind::Updated, "nothing but p01200's initial state came first");
+    daemon.stop().await;
+}
+
+/// The next event of a watch (10 s at most).
+async fn next_event(stream: &mut tonic::Streaming<pb::ProfileEvent>) -> pb::ProfileEvent {
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+    event.expect("an event within 10 s").expect("no error").expect("the stream goes on")
+}

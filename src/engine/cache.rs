@@ -87,7 +87,8 @@ pub struct Slot {
     /// Swapped whole on every change, read without locking.
     pub state: ArcSwap<SlotState>,
     /// The refresh in flight, if any: its waiters subscribe to this channel. Held only while
-    /// deciding whether to join or start one, never across the refresh itself.
+    /// deciding whether to join or start one, and while a finished refresh leaves the slot and
+    /// gives out its outcome; never across the refresh itself.
     pub flight: Mutex<Option<watch::Receiver<Option<FlightOutcome>>>>,
 }
 

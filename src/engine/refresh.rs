@@ -42,8 +42,14 @@ impl Engine {
                     // waits for it (`drain_refreshes`).
                     tokio::spawn(async move {
                         let outcome = engine.refresh_once(&name).await.map_err(Arc::new);
-                        let _ = sender.send(Some(outcome));
-                        *slot.flight.lock().await = None;
+                        // The flight leaves the slot before its outcome goes out, under the
+                        // slot's lock: a caller who comes after the outcome starts a refresh
+                        // of its own instead of joining this finished one.
+                        {
+                            let mut flight = slot.flight.lock().await;
+                            *flight = None;
+                            let _ = sender.send(Some(outcome));
+                        }
                         if engine.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
                             engine.idle.notify_waiters();
                         }

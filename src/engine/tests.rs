@@ -448,3 +448,51 @@ async fn waiting_on_another_replicas_refresh_wakes_local_watchers() {
     assert_eq!(served(&engine).as_deref(), Some("a2"));
     waiting.await.unwrap().unwrap();
 }
+
+/// Regression: a refresh's flight leaves the profile's slot before its outcome goes out. Before
+/// the fix the outcome went out first, so a caller arriving between the two (a `RefreshNow` sent
+/// right after another one returned) joined the finished flight and got its outcome back with no
+/// provider call: CI saw `grants::quirky_token_replies` fail that way under load. Here the test
+/// holds the slot's flight lock, as such a caller would, while the refresh ends; the outcome
+/// must not be out while the slot still offers that flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_flight_is_never_joined() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (store, _gate) = GatedStore::new();
+    let (engine, profile) = engine_with_profile(store);
+    let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/token", provider.local_addr().unwrap());
+    let profile = ProfileRecord { token_endpoint: endpoint, ..profile };
+    engine.store().replace_profile(&profile).unwrap();
+    connect(&engine, &profile, "a1", Some("r1")).await;
+
+    let first = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        async move { engine.refresh_shared("p").await }
+    });
+    // The refresh is in flight once its request arrives; read the whole request.
+    let (mut socket, _) = provider.accept().await.unwrap();
+    let mut request = Vec::new();
+    while !String::from_utf8_lossy(&request).contains("refresh_token=r1") {
+        let mut chunk = [0u8; 4096];
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the request ended early");
+        request.extend_from_slice(&chunk[..n]);
+    }
+    let slot = engine.slot("p").unwrap();
+    let flight = slot.flight.lock().await;
+    let outcome = flight.as_ref().expect("the refresh is in flight").clone();
+    socket
+        .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // The refresh records the failure, then ends its flight; give it a second to get there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        assert!(outcome.borrow().is_none(), "the outcome is out while the slot still offers the finished flight");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(flight);
+    assert!(first.await.unwrap().is_err(), "the provider answered 503");
+    assert!(slot.flight.lock().await.is_none());
+}
